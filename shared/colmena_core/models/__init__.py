@@ -1,0 +1,15 @@
+"""Data models: task records, resource requirements and executable tasks."""
+
+from colmena_core.models.resources import ResourceRequirements
+from colmena_core.models.results import FailureInformation, Result, SerializationMethod, WorkerInformation
+from colmena_core.models.tasks import ExecutableFailed, ExecutableTask
+
+__all__ = [
+    "ExecutableFailed",
+    "ExecutableTask",
+    "FailureInformation",
+    "ResourceRequirements",
+    "Result",
+    "SerializationMethod",
+    "WorkerInformation",
+]

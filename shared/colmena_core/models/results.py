@@ -1,0 +1,317 @@
+"""The record of one task: its request, its result, and the timings of its life cycle.
+
+A :class:`Result` is created by a client with the inputs of a task, travels to a task
+server and a worker, gets its value, and travels back. Its payloads (inputs and value)
+are serialized separately from its metadata so that the transport never re-encodes them;
+see :mod:`colmena_core.models.wire` for the bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import platform
+import time
+import traceback as tb
+from enum import Enum
+from time import perf_counter
+from typing import Any
+from uuid import uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from proxystore.proxy import Proxy
+
+from colmena_core.models.resources import ResourceRequirements
+from colmena_core.proxy import get_store, proxy_json_encoder, proxy_serialized
+
+__all__ = [
+    "FailureInformation",
+    "Result",
+    "SerializationMethod",
+    "WorkerInformation",
+]
+
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+
+class SerializationMethod(str, Enum):
+    """How task inputs and results are turned into bytes."""
+
+    JSON = "json"
+    PICKLE = "pickle"
+
+    @staticmethod
+    def serialize(method: SerializationMethod | str, data: Any) -> str | bytes:
+        """Serialize an object.
+
+        Pickle produces raw bytes (never hex or base64 text); JSON produces text.
+        """
+        method = SerializationMethod(method)
+        if method is SerializationMethod.PICKLE:
+            return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
+        return json.dumps(data, default=proxy_json_encoder)
+
+    @staticmethod
+    def deserialize(method: SerializationMethod | str, message: str | bytes | bytearray | memoryview) -> Any:
+        """Deserialize an object made by :meth:`serialize` with the same method."""
+        method = SerializationMethod(method)
+        if method is SerializationMethod.PICKLE:
+            if isinstance(message, str):
+                raise TypeError("Pickled payloads are bytes, not text")
+            return pickle.loads(message)
+        if isinstance(message, memoryview):
+            message = bytes(message)
+        return json.loads(message)
+
+
+class FailureInformation(BaseModel):
+    """Why a task failed."""
+
+    exception: str
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> FailureInformation:
+        """Describe an exception, with its traceback when it has one."""
+        return cls(
+            exception=repr(exc),
+            traceback="".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+
+
+class WorkerInformation(BaseModel):
+    """Information about the worker that executed a task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    hostname: str | None = None
+
+    @classmethod
+    def here(cls) -> WorkerInformation:
+        """Describe the current worker process."""
+        return cls(hostname=platform.node())
+
+
+def _new_task_id() -> str:
+    return str(uuid4())
+
+
+class Result(BaseModel):
+    """The inputs, result and performance record of one task.
+
+    All times are Unix timestamps; durations are in seconds.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    inputs: Inputs | str | bytes = Field(
+        default=((), {}), description="Positional and keyword arguments, or their serialized form"
+    )
+    task_id: str = Field(default_factory=_new_task_id, description="Unique identifier of the task")
+    value: Any = Field(default=None, description="Output of the task")
+    method: str | None = Field(default=None, description="Name of the method to run")
+    topic: str = Field(default="default", description="Topic of the task, which routes its result")
+    success: bool | None = Field(default=None, description="Whether the task completed")
+    task_info: dict[str, Any] = Field(default_factory=dict, description="User data for tracking")
+    resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
+    failure_info: FailureInformation | None = None
+    worker_info: WorkerInformation | None = None
+    max_retries: int = Field(default=0, ge=0, description="Re-run a failed task up to this often")
+    retries: int = Field(default=0, ge=0, description="How often this task was re-run")
+
+    # Life cycle
+    time_created: float | None = Field(default_factory=time.time)
+    time_input_received: float | None = None
+    time_compute_started: float | None = None
+    time_compute_ended: float | None = None
+    time_result_sent: float | None = None
+    time_result_received: float | None = None
+    time_start_task_submission: float | None = None
+    time_task_received: float | None = None
+
+    # Durations
+    time_running: float | None = None
+    time_serialize_inputs: float | None = None
+    time_deserialize_inputs: float | None = None
+    time_serialize_results: float | None = None
+    time_deserialize_results: float | None = None
+    time_async_resolve_proxies: float | None = None
+    additional_timing: dict[str, Any] = Field(default_factory=dict)
+    proxy_timing: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    message_sizes: dict[str, int] = Field(default_factory=dict)
+
+    # Serialization settings
+    serialization_method: SerializationMethod = SerializationMethod.JSON
+    keep_inputs: bool = True
+    proxystore_name: str | None = None
+    proxystore_config: dict[str, Any] | None = None
+    proxystore_threshold: int | None = None
+
+    _inputs_serialized: bool = PrivateAttr(default=False)
+    _value_serialized: bool = PrivateAttr(default=False)
+
+    def __init__(self, inputs: Inputs | str | bytes = ((), {}), **data: Any) -> None:
+        super().__init__(inputs=inputs, **data)
+
+    # ------------------------------------------------------------------ inputs
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments of the task."""
+        return tuple(self._plain_inputs()[0])
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the task."""
+        return self._plain_inputs()[1]
+
+    def _plain_inputs(self) -> Inputs:
+        if self._inputs_serialized or isinstance(self.inputs, str | bytes):
+            raise ValueError("The inputs are still serialized: call deserialize() first")
+        return self.inputs
+
+    @property
+    def inputs_serialized(self) -> bool:
+        """Whether :attr:`inputs` holds serialized bytes or text."""
+        return self._inputs_serialized
+
+    @property
+    def value_serialized(self) -> bool:
+        """Whether :attr:`value` holds serialized bytes or text."""
+        return self._value_serialized
+
+    def mark_serialized(self, inputs: bool, value: bool) -> None:
+        """Declare which payloads hold serialized data (used when decoding messages)."""
+        self._inputs_serialized = inputs
+        self._value_serialized = value
+
+    # ------------------------------------------------------------- life cycle
+    def mark_result_received(self) -> None:
+        """Mark that a completed computation was received by a client."""
+        self.time_result_received = time.time()
+
+    def mark_input_received(self) -> None:
+        """Mark that a task server has received a value."""
+        self.time_input_received = time.time()
+
+    def mark_compute_started(self) -> None:
+        """Mark that the compute for a method has started."""
+        self.time_compute_started = time.time()
+
+    def mark_compute_ended(self) -> None:
+        """Mark when the task finished executing."""
+        self.time_compute_ended = time.time()
+
+    def mark_result_sent(self) -> None:
+        """Mark when a result is sent from the task server."""
+        self.time_result_sent = time.time()
+
+    def mark_start_task_submission(self) -> None:
+        """Mark when the task server submits a task to the engine."""
+        self.time_start_task_submission = time.time()
+
+    def mark_task_received(self) -> None:
+        """Mark when the task server receives the task from the engine."""
+        self.time_task_received = time.time()
+
+    def set_result(self, result: Any, runtime: float | None = None, intermediate: bool = False) -> None:
+        """Set the value of this computation.
+
+        Marks the end of the computation, records the runtime if known, and drops the inputs
+        when ``keep_inputs`` is false (they are not needed by the client and cost transfer).
+
+        Args:
+            result: Value of the task
+            runtime: Time the function took to run
+            intermediate: The task continues after this value (inputs are kept)
+        """
+        self.mark_compute_ended()
+        self.value = result
+        self._value_serialized = False
+        self.time_running = runtime
+        self.success = True
+        if not self.keep_inputs and not intermediate:
+            self.inputs = ((), {})
+            self._inputs_serialized = False
+
+    def set_failure(self, exc: BaseException) -> None:
+        """Record that the computation failed with ``exc``."""
+        self.success = False
+        self.failure_info = FailureInformation.from_exception(exc)
+
+    # ---------------------------------------------------------- serialization
+    def _store_settings(self) -> tuple[Any, int] | None:
+        if (
+            self.proxystore_name is None
+            or self.proxystore_threshold is None
+            or self.serialization_method is not SerializationMethod.PICKLE
+        ):
+            return None
+        store = get_store(self.proxystore_name, self.proxystore_config)
+        if store is None:
+            raise ValueError(f"No ProxyStore store named {self.proxystore_name!r} is registered")
+        return store, self.proxystore_threshold
+
+    def serialize(self) -> tuple[float, list[Proxy[Any]]]:
+        """Serialize the inputs and the value, proxying objects above the ProxyStore threshold.
+
+        Returns:
+            - Time spent serializing, in seconds
+            - Proxies created for large objects
+        """
+        start = perf_counter()
+        proxies: list[Proxy[Any]] = []
+        settings = self._store_settings()
+
+        if not self._inputs_serialized:
+            args, kwargs = self._plain_inputs()
+            if settings is not None:
+                args = tuple(self._maybe_proxy(a, settings, proxies, evict=False) for a in args)
+                kwargs = {k: self._maybe_proxy(v, settings, proxies, evict=False) for k, v in kwargs.items()}
+            self.inputs = SerializationMethod.serialize(self.serialization_method, (args, kwargs))
+            self._inputs_serialized = True
+            self.message_sizes["inputs"] = len(self.inputs)
+
+        if not self._value_serialized and self.value is not None:
+            value = self.value
+            if settings is not None:
+                value = self._maybe_proxy(value, settings, proxies, evict=True)
+            self.value = SerializationMethod.serialize(self.serialization_method, value)
+            self._value_serialized = True
+            self.message_sizes["value"] = len(self.value)
+
+        return perf_counter() - start, proxies
+
+    @staticmethod
+    def _maybe_proxy(obj: Any, settings: tuple[Any, int], proxies: list[Proxy[Any]], evict: bool) -> Any:
+        if isinstance(obj, Proxy) or obj is None or isinstance(obj, bool | int | float):
+            return obj
+        store, threshold = settings
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        if len(payload) < threshold:
+            return obj
+        proxy = proxy_serialized(store, obj, payload, evict=evict)
+        proxies.append(proxy)
+        return proxy
+
+    def deserialize(self) -> float:
+        """De-serialize the inputs and value fields.
+
+        Returns:
+            The time required to deserialize, in seconds
+        """
+        start = perf_counter()
+        if self._inputs_serialized:
+            assert isinstance(self.inputs, str | bytes)
+            args, kwargs = SerializationMethod.deserialize(self.serialization_method, self.inputs)
+            self.inputs = (tuple(args), dict(kwargs))
+            self._inputs_serialized = False
+        if self._value_serialized:
+            self.value = SerializationMethod.deserialize(self.serialization_method, self.value)
+            self._value_serialized = False
+        return perf_counter() - start
+
+    def json(self, **kwargs: Any) -> str:  # type: ignore[override]
+        """Encode as JSON; resolved proxies become their value, unresolved ones a placeholder."""
+        if self._inputs_serialized or self._value_serialized:
+            raise ValueError("Payloads are serialized: use colmena_core.models.wire.encode_result")
+        return json.dumps(self.model_dump(**kwargs), default=proxy_json_encoder)

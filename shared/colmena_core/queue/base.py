@@ -1,0 +1,355 @@
+"""The queue interface between thinkers (clients) and task servers.
+
+:class:`ColmenaQueues` holds everything that is the same for every transport: topics,
+roles, serialization and ProxyStore settings, bookkeeping of tasks in flight, and
+de-duplication of results. A transport subclass moves opaque bytes (see
+:mod:`colmena_core.models.wire`) and implements six small methods. This module must not
+know about any particular transport.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import Collection
+from enum import Enum
+from typing import Any
+
+from colmena_core.exceptions import TimeoutException
+from colmena_core.models import ResourceRequirements, Result, SerializationMethod
+from colmena_core.models.wire import MessageDecodeError, decode_result, encode_result
+from colmena_core.proxy import get_store
+
+__all__ = ["ColmenaQueues", "QueueRole"]
+
+logger = logging.getLogger(__name__)
+
+_SEEN_RESULTS_KEPT = 100_000
+"""How many received task IDs a client remembers to drop duplicate deliveries."""
+
+
+class QueueRole(str, Enum):
+    """Role a queue is used for."""
+
+    ANY = "any"
+    SERVER = "server"
+    CLIENT = "client"
+
+
+def _per_topic(value: Any, topics: Collection[str], kind: type | tuple[type, ...], name: str) -> dict[str, Any]:
+    if value is None:
+        return dict.fromkeys(topics)
+    if isinstance(value, dict):
+        unknown = set(value) - set(topics)
+        if unknown:
+            raise ValueError(f"{name} names topics that are not in the queue: {sorted(unknown)}")
+        return {topic: value.get(topic) for topic in topics}
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return dict.fromkeys(topics, value)
+    raise ValueError(f"Unexpected type {type(value).__name__} for {name}")
+
+
+class ColmenaQueues(ABC):
+    """Base class for the queues between a thinker and its task servers.
+
+    Follows the get and put semantics of most queues, plus "topics" that separate the
+    results meant for different agents.
+
+    Args:
+        topics: Names of topics that are known for this queue (``default`` is always added)
+        serialization_method: Method used to serialize task inputs and results
+        keep_inputs: Whether to return task inputs with the result object
+        proxystore_name: Name of a registered ProxyStore store for all topics, or a mapping
+            of topic to store name (topics left out do not use ProxyStore)
+        proxystore_threshold: Size in bytes above which objects travel by proxy, for all
+            topics or per topic (``None`` disables ProxyStore for that topic)
+    """
+
+    def __init__(
+        self,
+        topics: Collection[str] = (),
+        serialization_method: str | SerializationMethod = SerializationMethod.PICKLE,
+        keep_inputs: bool = True,
+        proxystore_name: str | dict[str, str] | None = None,
+        proxystore_threshold: int | dict[str, int] | None = None,
+    ) -> None:
+        if isinstance(topics, str):
+            raise ValueError("topics must be a collection of names, not a single string")
+        self.topics: set[str] = set(topics) | {"default"}
+        self.serialization_method = SerializationMethod(serialization_method)
+        self.keep_inputs = keep_inputs
+        self.role = QueueRole.ANY
+        self.proxystore_name: dict[str, str | None] = _per_topic(proxystore_name, self.topics, str, "proxystore_name")
+        self.proxystore_threshold: dict[str, int | None] = _per_topic(
+            proxystore_threshold, self.topics, int, "proxystore_threshold"
+        )
+        for name in {n for n in self.proxystore_name.values() if n is not None}:
+            if get_store(name) is None:
+                raise ValueError(
+                    f"ProxyStore store {name!r} is not registered: create it with "
+                    "Store(name, connector, register=True) before creating the queues"
+                )
+        self._init_local_state()
+
+    # ------------------------------------------------------------------ state
+    def _init_local_state(self) -> None:
+        """Create the per-process state: locks, events, bookkeeping (never pickled)."""
+        self._active_lock = threading.Lock()
+        self._active_tasks: dict[str, str] = {}
+        self._all_complete = threading.Event()
+        self._all_complete.set()
+        self._seen_results: OrderedDict[str, None] = OrderedDict()
+
+    _LOCAL_STATE = ("_active_lock", "_active_tasks", "_all_complete", "_seen_results")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for name in self._LOCAL_STATE:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_local_state()
+
+    # ------------------------------------------------------------------ roles
+    def set_role(self, role: QueueRole | str) -> None:
+        """Define the role of this queue.
+
+        Users are warned away from actions their role does not allow, such as sending
+        results from a client or issuing requests from a server.
+        """
+        self.role = QueueRole(role)
+
+    def _check_role(self, allowed_role: QueueRole, calling_function: str) -> None:
+        if self.role is not QueueRole.ANY and self.role is not allowed_role:
+            warnings.warn(
+                f"{calling_function} is intended for a {allowed_role.value}, not a {self.role.value}",
+                stacklevel=3,
+            )
+
+    def _check_topic(self, topic: str) -> None:
+        if topic not in self.topics:
+            raise ValueError(f"Unknown topic {topic!r}; the queue knows {sorted(self.topics)}")
+
+    # ----------------------------------------------------------- bookkeeping
+    @property
+    def active_count(self) -> int:
+        """Number of tasks sent by this client whose result has not been received yet."""
+        with self._active_lock:
+            return len(self._active_tasks)
+
+    def active_count_for(self, topic: str) -> int:
+        """Number of tasks in flight for one topic."""
+        with self._active_lock:
+            return sum(1 for t in self._active_tasks.values() if t == topic)
+
+    def wait_until_done(self, timeout: float | None = None) -> bool:
+        """Wait until all out-going tasks have completed.
+
+        Returns:
+            Whether every task completed within the timeout
+        """
+        self._check_role(QueueRole.CLIENT, "wait_until_done")
+        return self._all_complete.wait(timeout=timeout)
+
+    def _mark_sent(self, task_id: str, topic: str) -> None:
+        with self._active_lock:
+            self._active_tasks[task_id] = topic
+            self._all_complete.clear()
+
+    def _mark_received(self, task_id: str) -> bool:
+        """Record a delivered result; return False when it is a duplicate."""
+        with self._active_lock:
+            if task_id in self._seen_results:
+                return False
+            self._seen_results[task_id] = None
+            if len(self._seen_results) > _SEEN_RESULTS_KEPT:
+                self._seen_results.popitem(last=False)
+            self._active_tasks.pop(task_id, None)
+            if not self._active_tasks:
+                self._all_complete.set()
+            return True
+
+    # ----------------------------------------------------------------- client
+    def send_inputs(
+        self,
+        *input_args: Any,
+        method: str | None = None,
+        input_kwargs: dict[str, Any] | None = None,
+        keep_inputs: bool | None = None,
+        resources: ResourceRequirements | dict[str, Any] | None = None,
+        topic: str = "default",
+        task_info: dict[str, Any] | None = None,
+        max_retries: int = 0,
+    ) -> str:
+        """Send a task request.
+
+        Args:
+            *input_args: Positional arguments to the function
+            method: Name of the method to run (may be omitted when the server has one method)
+            input_kwargs: Keyword arguments for the function
+            keep_inputs: Whether to send the inputs back with the result (overrides the
+                queue's default)
+            topic: Topic of the task, which sets the topic of its result
+            resources: Suggestions for how many resources to use for the task
+            task_info: Any information used for task tracking, returned with the result
+            max_retries: Re-run the task up to this many times if it fails
+        Returns:
+            Task ID
+        """
+        self._check_role(QueueRole.CLIENT, "send_inputs")
+        self._check_topic(topic)
+        if isinstance(resources, dict):
+            resources = ResourceRequirements(**resources)
+        store_name = self.proxystore_name[topic]
+        threshold = self.proxystore_threshold[topic]
+        store_config: dict[str, Any] | None = None
+        if store_name is not None and threshold is not None:
+            store = get_store(store_name)
+            if store is None:
+                raise ValueError(f"ProxyStore store {store_name!r} is not registered in this process")
+            store_config = store.config().model_dump()
+        else:
+            store_name = threshold = None
+
+        result = Result(
+            (input_args, input_kwargs or {}),
+            method=method,
+            topic=topic,
+            keep_inputs=self.keep_inputs if keep_inputs is None else keep_inputs,
+            serialization_method=self.serialization_method,
+            task_info=task_info or {},
+            resources=resources or ResourceRequirements(),
+            max_retries=max_retries,
+            proxystore_name=store_name,
+            proxystore_threshold=threshold,
+            proxystore_config=store_config,
+        )
+        result.time_serialize_inputs, _ = result.serialize()
+        message = encode_result(result)
+        self._mark_sent(result.task_id, topic)
+        try:
+            self._send_request(message, method, topic)
+        except BaseException:
+            with self._active_lock:
+                self._active_tasks.pop(result.task_id, None)
+                if not self._active_tasks:
+                    self._all_complete.set()
+            raise
+        logger.debug("Client sent a %s task with topic %s", method, topic)
+        return result.task_id
+
+    def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
+        """Get a completed result.
+
+        Args:
+            topic: Which topic of task to wait for
+            timeout: Seconds to wait (fractions honoured); ``None`` waits forever
+        Returns:
+            Result from a computation
+        Raises:
+            TimeoutException: if no result arrived within the timeout
+        """
+        self._check_role(QueueRole.CLIENT, "get_result")
+        self._check_topic(topic)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = self._get_result(topic, remaining)
+            try:
+                result = decode_result(message)
+            except MessageDecodeError:
+                logger.exception("Dropped an undecodable result message on topic %s", topic)
+                continue
+            if not self._mark_received(result.task_id):
+                logger.info("Dropped a duplicate delivery of the result of task %s", result.task_id)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutException(f"No new result on topic {topic!r} within {timeout} s")
+                continue
+            result.time_deserialize_results = result.deserialize()
+            result.mark_result_received()
+            logger.info("Client received a %s result with topic %s", result.method, topic)
+            return result
+
+    def send_kill_signal(self) -> None:
+        """Tell the task servers to finish their in-flight tasks and stop."""
+        self._check_role(QueueRole.CLIENT, "send_kill_signal")
+        self._send_kill_signal()
+
+    # ----------------------------------------------------------------- server
+    def get_task(self, timeout: float | None = None) -> tuple[str, Result]:
+        """Get a task request.
+
+        Args:
+            timeout: Seconds to wait (fractions honoured); ``None`` waits forever
+        Returns:
+            - Topic of the task, which selects the queue for its result
+            - Task description, its inputs still serialized
+        Raises:
+            TimeoutException: If the timeout on the queue is reached
+            KillSignalException: If the queue receives a kill signal
+        """
+        self._check_role(QueueRole.SERVER, "get_task")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = self._get_request(remaining)
+            try:
+                task = decode_result(message)
+            except MessageDecodeError:
+                logger.exception("Dropped an undecodable task request")
+                continue
+            task.mark_input_received()
+            return task.topic, task
+
+    def send_result(self, result: Result, topic: str | None = None) -> None:
+        """Send a result back to the client that requested it.
+
+        Args:
+            result: Result object to communicate back
+            topic: Topic of the task (defaults to the one recorded in the result)
+        """
+        self._check_role(QueueRole.SERVER, "send_result")
+        if topic is not None:
+            result.topic = topic
+        result.mark_result_sent()
+        self._send_result(encode_result(result), result)
+
+    # -------------------------------------------------------------- transport
+    @abstractmethod
+    def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
+        """Deliver an encoded task request to the task servers serving ``method``."""
+
+    @abstractmethod
+    def _get_request(self, timeout: float | None) -> bytes:
+        """Wait for the next encoded task request.
+
+        Raises:
+            TimeoutException: nothing arrived within ``timeout`` seconds
+            KillSignalException: the kill signal arrived
+        """
+
+    @abstractmethod
+    def _send_result(self, message: bytes, result: Result) -> None:
+        """Deliver an encoded result to the client that sent the task (``result.topic``)."""
+
+    @abstractmethod
+    def _get_result(self, topic: str, timeout: float | None) -> bytes:
+        """Wait for the next encoded result of ``topic``.
+
+        Raises:
+            TimeoutException: nothing arrived within ``timeout`` seconds
+        """
+
+    @abstractmethod
+    def _send_kill_signal(self) -> None:
+        """Deliver the kill signal to every task server."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Remove all existing requests and results from the queues."""
