@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 from proxystore.proxy import Proxy, extract, get_factory, is_resolved
@@ -87,7 +86,9 @@ def _walk_proxies(obj: Any) -> list[Proxy[Any]]:
     return []
 
 
-def resolve_proxies_async(args: object | list[Any] | tuple[Any, ...] | dict[str, Any]) -> list[Proxy[Any]]:
+def resolve_proxies_async(
+    args: object | list[Any] | tuple[Any, ...] | dict[str, Any],
+) -> list[Proxy[Any]]:
     """Start resolving, in the background, every unresolved proxy inside ``args``.
 
     Returns:
@@ -130,5 +131,7 @@ class _Presized:
 
 def proxy_serialized(store: Store[Any], obj: Any, payload: bytes, evict: bool) -> Proxy[Any]:
     """Put an object whose pickle is already known into ``store`` and return its proxy."""
-    deserializer: Callable[[bytes], Any] = pickle.loads
-    return store.proxy(obj, evict=evict, serializer=_Presized(payload), deserializer=deserializer)
+    proxy: Proxy[Any] = store.proxy(
+        obj, evict=evict, serializer=_Presized(payload), deserializer=pickle.loads
+    )
+    return proxy

@@ -1,7 +1,12 @@
 """Data models: task records, resource requirements and executable tasks."""
 
 from colmena_core.models.resources import ResourceRequirements
-from colmena_core.models.results import FailureInformation, Result, SerializationMethod, WorkerInformation
+from colmena_core.models.results import (
+    FailureInformation,
+    Result,
+    SerializationMethod,
+    WorkerInformation,
+)
 from colmena_core.models.tasks import ExecutableFailed, ExecutableTask
 
 __all__ = [

@@ -13,13 +13,13 @@ import pickle
 import platform
 import time
 import traceback as tb
-from enum import Enum
+from enum import StrEnum
 from time import perf_counter
 from typing import Any
 from uuid import uuid4
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from proxystore.proxy import Proxy
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from colmena_core.models.resources import ResourceRequirements
 from colmena_core.proxy import get_store, proxy_json_encoder, proxy_serialized
@@ -34,7 +34,7 @@ __all__ = [
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 
 
-class SerializationMethod(str, Enum):
+class SerializationMethod(StrEnum):
     """How task inputs and results are turned into bytes."""
 
     JSON = "json"
@@ -52,7 +52,9 @@ class SerializationMethod(str, Enum):
         return json.dumps(data, default=proxy_json_encoder)
 
     @staticmethod
-    def deserialize(method: SerializationMethod | str, message: str | bytes | bytearray | memoryview) -> Any:
+    def deserialize(
+        method: SerializationMethod | str, message: str | bytes | bytearray | memoryview
+    ) -> Any:
         """Deserialize an object made by :meth:`serialize` with the same method."""
         method = SerializationMethod(method)
         if method is SerializationMethod.PICKLE:
@@ -213,7 +215,9 @@ class Result(BaseModel):
         """Mark when the task server receives the task from the engine."""
         self.time_task_received = time.time()
 
-    def set_result(self, result: Any, runtime: float | None = None, intermediate: bool = False) -> None:
+    def set_result(
+        self, result: Any, runtime: float | None = None, intermediate: bool = False
+    ) -> None:
         """Set the value of this computation.
 
         Marks the end of the computation, records the runtime if known, and drops the inputs
@@ -266,7 +270,10 @@ class Result(BaseModel):
             args, kwargs = self._plain_inputs()
             if settings is not None:
                 args = tuple(self._maybe_proxy(a, settings, proxies, evict=False) for a in args)
-                kwargs = {k: self._maybe_proxy(v, settings, proxies, evict=False) for k, v in kwargs.items()}
+                kwargs = {
+                    k: self._maybe_proxy(v, settings, proxies, evict=False)
+                    for k, v in kwargs.items()
+                }
             self.inputs = SerializationMethod.serialize(self.serialization_method, (args, kwargs))
             self._inputs_serialized = True
             self.message_sizes["inputs"] = len(self.inputs)
@@ -282,7 +289,9 @@ class Result(BaseModel):
         return perf_counter() - start, proxies
 
     @staticmethod
-    def _maybe_proxy(obj: Any, settings: tuple[Any, int], proxies: list[Proxy[Any]], evict: bool) -> Any:
+    def _maybe_proxy(
+        obj: Any, settings: tuple[Any, int], proxies: list[Proxy[Any]], evict: bool
+    ) -> Any:
         if isinstance(obj, Proxy) or obj is None or isinstance(obj, bool | int | float):
             return obj
         store, threshold = settings
@@ -310,7 +319,7 @@ class Result(BaseModel):
             self._value_serialized = False
         return perf_counter() - start
 
-    def json(self, **kwargs: Any) -> str:  # type: ignore[override]
+    def json(self, **kwargs: Any) -> str:
         """Encode as JSON; resolved proxies become their value, unresolved ones a placeholder."""
         if self._inputs_serialized or self._value_serialized:
             raise ValueError("Payloads are serialized: use colmena_core.models.wire.encode_result")

@@ -48,9 +48,13 @@ class ExecutableTask:
     mpi_command_string: str | None = None
     """Template of the MPI launcher command"""
 
-    def __init__(self, executable: list[str], mpi: bool = False, mpi_command_string: str | None = None) -> None:
+    def __init__(
+        self, executable: list[str], mpi: bool = False, mpi_command_string: str | None = None
+    ) -> None:
         if mpi and mpi_command_string is None:
-            raise ValueError("An MPI task needs an mpi_command_string template, e.g. 'mpiexec -n {total_ranks}'")
+            raise ValueError(
+                "An MPI task needs an mpi_command_string template, e.g. 'mpiexec -n {total_ranks}'"
+            )
         self.executable = list(executable)
         self.mpi = mpi
         self.mpi_command_string = mpi_command_string
@@ -58,7 +62,7 @@ class ExecutableTask:
     @property
     def __name__(self) -> str:
         """Name under which the task is served: the class name in lower case."""
-        return type(self).__name__.lower()
+        return str(type(self).__name__).lower()
 
     def render_mpi_launch(self, resources: ResourceRequirements) -> str:
         """Create the MPI launch command for the given resources."""
@@ -68,14 +72,18 @@ class ExecutableTask:
         fields["total_ranks"] = resources.total_ranks
         return self.mpi_command_string.format(**fields)
 
-    def assemble_shell_cmd(self, arguments: list[str], resources: ResourceRequirements) -> list[str]:
+    def assemble_shell_cmd(
+        self, arguments: list[str], resources: ResourceRequirements
+    ) -> list[str]:
         """Assemble the shell command to be launched."""
         command = [*self.executable, *arguments]
         if self.mpi:
             command = [*shlex.split(self.render_mpi_launch(resources)), *command]
         return command
 
-    def preprocess(self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[str], str | None]:
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
         """Prepare the run directory; return the command-line arguments and the stdin text."""
         raise NotImplementedError
 
@@ -97,7 +105,10 @@ class ExecutableTask:
         command = self.assemble_shell_cmd(arguments, resources or ResourceRequirements())
         run_dir = Path(run_dir)
         start = perf_counter()
-        with open(run_dir / "colmena.stdout", "wb") as out, open(run_dir / "colmena.stderr", "wb") as err:
+        with (
+            open(run_dir / "colmena.stdout", "wb") as out,
+            open(run_dir / "colmena.stderr", "wb") as err,
+        ):
             process = subprocess.run(
                 command,
                 cwd=run_dir,
@@ -117,7 +128,9 @@ class ExecutableTask:
         """Read the outputs of the executable from ``run_dir``."""
         raise NotImplementedError
 
-    def __call__(self, *args: Any, _resources: ResourceRequirements | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, *args: Any, _resources: ResourceRequirements | None = None, **kwargs: Any
+    ) -> Any:
         """Run preprocess, execute and postprocess in a fresh temporary directory."""
         run_dir = Path(tempfile.mkdtemp(prefix="colmena-", dir=os.environ.get("COLMENA_RUN_DIR")))
         try:

@@ -52,10 +52,14 @@ def encode_result(result: Result) -> bytes:
     return b"".join((prefix, header, inputs, value or b""))
 
 
-def _split(message: bytes | bytearray | memoryview) -> tuple[memoryview, memoryview, memoryview | None]:
+def _split(
+    message: bytes | bytearray | memoryview,
+) -> tuple[memoryview, memoryview, memoryview | None]:
     view = memoryview(message)
     if len(view) < _PREFIX.size:
-        raise MessageDecodeError(f"Message of {len(view)} bytes is too short to be a Colmena message")
+        raise MessageDecodeError(
+            f"Message of {len(view)} bytes is too short to be a Colmena message"
+        )
     magic, header_len, inputs_len, value_len = _PREFIX.unpack_from(view)
     if magic != MAGIC:
         raise MessageDecodeError(f"Unknown message format (starts with {bytes(magic)!r})")

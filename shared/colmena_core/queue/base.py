@@ -16,7 +16,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Collection
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from colmena_core.exceptions import TimeoutException
@@ -32,7 +32,7 @@ _SEEN_RESULTS_KEPT = 100_000
 """How many received task IDs a client remembers to drop duplicate deliveries."""
 
 
-class QueueRole(str, Enum):
+class QueueRole(StrEnum):
     """Role a queue is used for."""
 
     ANY = "any"
@@ -40,7 +40,9 @@ class QueueRole(str, Enum):
     CLIENT = "client"
 
 
-def _per_topic(value: Any, topics: Collection[str], kind: type | tuple[type, ...], name: str) -> dict[str, Any]:
+def _per_topic(
+    value: Any, topics: Collection[str], kind: type | tuple[type, ...], name: str
+) -> dict[str, Any]:
     if value is None:
         return dict.fromkeys(topics)
     if isinstance(value, dict):
@@ -83,7 +85,9 @@ class ColmenaQueues(ABC):
         self.serialization_method = SerializationMethod(serialization_method)
         self.keep_inputs = keep_inputs
         self.role = QueueRole.ANY
-        self.proxystore_name: dict[str, str | None] = _per_topic(proxystore_name, self.topics, str, "proxystore_name")
+        self.proxystore_name: dict[str, str | None] = _per_topic(
+            proxystore_name, self.topics, str, "proxystore_name"
+        )
         self.proxystore_threshold: dict[str, int | None] = _per_topic(
             proxystore_threshold, self.topics, int, "proxystore_threshold"
         )
@@ -212,7 +216,9 @@ class ColmenaQueues(ABC):
         if store_name is not None and threshold is not None:
             store = get_store(store_name)
             if store is None:
-                raise ValueError(f"ProxyStore store {store_name!r} is not registered in this process")
+                raise ValueError(
+                    f"ProxyStore store {store_name!r} is not registered in this process"
+                )
             store_config = store.config().model_dump()
         else:
             store_name = threshold = None

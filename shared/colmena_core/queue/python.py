@@ -83,7 +83,9 @@ class PipeQueues(ColmenaQueues):
         proxystore_name: str | dict[str, str] | None = None,
         proxystore_threshold: int | dict[str, int] | None = None,
     ) -> None:
-        super().__init__(topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold)
+        super().__init__(
+            topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
+        )
         context = mp.get_context()
         self._requests = _Channel(context)
         self._results = {topic: _Channel(context) for topic in self.topics}

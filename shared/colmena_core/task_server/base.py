@@ -212,7 +212,10 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
         if not output.success and result.retries < result.max_retries:
             result.retries += 1
             logger.info(
-                "Task %s failed; re-running it (retry %d of %d)", result.task_id, result.retries, result.max_retries
+                "Task %s failed; re-running it (retry %d of %d)",
+                result.task_id,
+                result.retries,
+                result.max_retries,
             )
             self.process_queue(topic, result)
             return

@@ -1,0 +1,44 @@
+# Two entry points: `make demo` runs the quickstart campaign, `make test` runs every check.
+# Both create .venv/ and install what they need on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint typecheck unit bench system-deps clean
+
+demo: $(VENV)/.demo-installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.quickstart
+
+test: system-deps $(VENV)/.dev-installed lint typecheck unit
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev-installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+bench: $(VENV)/.dev-installed
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[parsl]"
+	touch $@
+
+$(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@ $(VENV)/.demo-installed
+
+clean:
+	rm -rf $(VENV) runinfo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Example Colmena applications (see the README)."""

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Make sure the servers the test suite runs against can be found or started.
+# The suite uses a running RabbitMQ/Redis when one answers on localhost, and otherwise starts
+# throwaway ones from these executables; here we only check the executables are installed.
+set -euo pipefail
+
+missing=()
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "Installing ${missing[*]} (the test suite starts throwaway brokers from them)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    echo "The test suite needs: ${missing[*]}." >&2
+    echo "Install them (Debian/Ubuntu: sudo apt-get install ${missing[*]})," >&2
+    echo "or point COLMENA_TEST_AMQP_URL / COLMENA_TEST_REDIS_URL at running servers." >&2
+    [ -n "${COLMENA_TEST_AMQP_URL:-}" ] && [ -n "${COLMENA_TEST_REDIS_URL:-}" ] || exit 1
+fi

@@ -1,0 +1,124 @@
+"""ProxyStore helpers: finding stores, JSON encoding of proxies, async resolution, stats."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proxystore.connectors.file import FileConnector
+from proxystore.proxy import Proxy, is_resolved
+from proxystore.store import Store, unregister_store
+
+from colmena_core.models import Result
+from colmena_core.proxy import (
+    ProxyJSONSerializationWarning,
+    get_store,
+    proxy_json_encoder,
+    resolve_proxies_async,
+    store_proxy_stats,
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store[Any]]:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with Store(name, FileConnector(str(tmp_path / "store"), clear=True), register=True, metrics=True) as s:
+        yield s
+    unregister_store(name)
+
+
+def test_get_store_by_name_and_from_config(store: Store[Any]) -> None:
+    assert get_store(store.name) is store
+    assert get_store("never-registered") is None
+    config = store.config().model_dump()
+    unregister_store(store.name)
+    rebuilt = get_store(store.name, config)
+    assert rebuilt is not None and rebuilt.name == store.name
+    assert get_store(store.name) is rebuilt
+
+
+def test_json_encoder_uses_resolved_values_and_warns_for_unresolved(store: Store[Any]) -> None:
+    resolved: Proxy[list[int]] = store.proxy([1, 2], populate_target=True)
+    assert json.loads(json.dumps({"x": resolved}, default=proxy_json_encoder)) == {"x": [1, 2]}
+
+    unresolved: Proxy[list[int]] = store.proxy([3], populate_target=False)
+    with pytest.warns(ProxyJSONSerializationWarning):
+        placeholder = proxy_json_encoder(unresolved)
+    assert "Unresolved Proxy" in placeholder
+    assert not is_resolved(unresolved)
+
+    with pytest.raises(TypeError):
+        proxy_json_encoder(object())  # type: ignore[arg-type]
+
+
+def test_resolve_proxies_async_finds_nested_proxies(store: Store[Any]) -> None:
+    first: Proxy[str] = store.proxy("a", populate_target=False)
+    second: Proxy[str] = store.proxy("b", populate_target=False)
+    found = resolve_proxies_async(((first, 1), {"k": [second]}))
+    assert found == [first, second] or set(map(id, found)) == {id(first), id(second)}
+    assert first == "a" and second == "b"
+
+
+def test_store_proxy_stats_records_timings(store: Store[Any]) -> None:
+    proxy: Proxy[bytes] = store.proxy(b"x" * 1000, populate_target=False)
+    assert proxy == b"x" * 1000
+    timing: dict[str, dict[str, Any]] = {}
+    store_proxy_stats(proxy, timing)
+    assert len(timing) == 1
+    (stats,) = timing.values()
+    assert any("resolve" in name or "get" in name for name in stats)
+
+
+def _child_resolves(message: bytes, out: Any) -> None:
+    from colmena_core.models.wire import decode_result
+
+    result = decode_result(message)
+    result.deserialize()
+    out.put(bytes(result.args[0][:3]) + str(len(result.args[0])).encode())
+
+
+def test_large_input_travels_by_proxy_to_another_process(store: Store[Any]) -> None:
+    from colmena_core.models.wire import encode_result
+
+    big = b"abc" + b"z" * 2_000_000
+    result = Result(
+        ((big,), {}),
+        serialization_method="pickle",
+        proxystore_name=store.name,
+        proxystore_threshold=10_000,
+        proxystore_config=store.config().model_dump(),
+    )
+    _, proxies = result.serialize()
+    assert len(proxies) == 1
+    message = encode_result(result)
+    assert len(message) < 10_000
+
+    context = mp.get_context("spawn")
+    out = context.Queue()
+    child = context.Process(target=_child_resolves, args=(message, out))
+    child.start()
+    try:
+        assert out.get(timeout=60) == b"abc" + str(len(big)).encode()
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == 0
+
+
+def test_small_inputs_and_json_tasks_do_not_use_proxies(store: Store[Any]) -> None:
+    for method, payload in (("pickle", b"small"), ("json", "x" * 50_000)):
+        result = Result(
+            ((payload,), {}),
+            serialization_method=method,
+            proxystore_name=store.name,
+            proxystore_threshold=10_000,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _, proxies = result.serialize()
+        assert proxies == []
