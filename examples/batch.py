@@ -12,7 +12,6 @@ import argparse
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.thinker import BaseThinker, agent
-
 from examples.common import configure_logging, local_parsl_config
 from examples.optimizers import best_of, propose, simulate
 
@@ -56,7 +55,9 @@ def main() -> None:
         queues.send_kill_signal()
     doer.join()
     x, fx = best_of(thinker.database)
-    print(f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations")
+    print(
+        f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Collection
+from pathlib import Path
 
 from parsl.config import Config
 from parsl.executors import HighThroughputExecutor
@@ -17,10 +18,10 @@ from colmena_core.queue import ColmenaQueues, PipeQueues
 
 def local_parsl_config(workers: int = 2, run_dir: str | None = None) -> Config:
     """A HighThroughputExecutor with ``workers`` worker processes on this machine."""
-    # Parsl launches its helper scripts by name: make sure this interpreter's bin/ is on PATH
-    bin_dir = os.path.dirname(sys.executable)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    # Parsl launches its helper scripts by name: make sure this interpreter's bin/ is on PATH,
+    # and its workers import the examples' functions by module: put the repository on their path
+    _prepend_env("PATH", os.path.dirname(sys.executable))
+    _prepend_env("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
     return Config(
         executors=[
             HighThroughputExecutor(
@@ -36,8 +37,17 @@ def local_parsl_config(workers: int = 2, run_dir: str | None = None) -> Config:
     )
 
 
+def _prepend_env(name: str, entry: str) -> None:
+    entries = [e for e in os.environ.get(name, "").split(os.pathsep) if e]
+    if entry not in entries:
+        os.environ[name] = os.pathsep.join([entry, *entries])
+
+
 def make_queues(
-    topics: Collection[str], broker_url: str | None = None, campaign: str = "demo", **options: object
+    topics: Collection[str],
+    broker_url: str | None = None,
+    campaign: str = "demo",
+    **options: object,
 ) -> ColmenaQueues:
     """Pipes by default; a RabbitMQ campaign when a broker URL is given."""
     if broker_url:

@@ -12,7 +12,6 @@ import threading
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.thinker import BaseThinker, agent
-
 from examples.common import configure_logging, local_parsl_config
 from examples.optimizers import best_of, propose, reprioritize_queue, simulate
 
@@ -49,7 +48,9 @@ class InterleavedThinker(BaseThinker):
             with self.queue_lock:
                 self.database.append((result.args[0], result.value))
             x, fx = best_of(self.database)
-            self.logger.info("%d/%d evaluated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx)
+            self.logger.info(
+                "%d/%d evaluated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx
+            )
 
     @agent(startup=True)
     def prioritizer(self) -> None:
@@ -57,7 +58,9 @@ class InterleavedThinker(BaseThinker):
             with self.queue_lock:
                 candidates = self.task_queue + propose(self.database, self.parallel)
                 snapshot = list(self.database)
-            self.queues.send_inputs(snapshot, candidates, method="reprioritize_queue", topic="thinker")
+            self.queues.send_inputs(
+                snapshot, candidates, method="reprioritize_queue", topic="thinker"
+            )
             result = self.queues.get_result(topic="thinker")
             assert result is not None
             with self.queue_lock:
@@ -84,7 +87,9 @@ def main() -> None:
         queues.send_kill_signal()
     doer.join()
     x, fx = best_of(thinker.database)
-    print(f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations")
+    print(
+        f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def propose(database: list[tuple[float, float]], count: int, spread: float = 0.5
     if not database:
         return [random.uniform(-5, 5) for _ in range(count)]
     best = sorted(database, key=lambda item: item[1])[:3]
-    return [min(5.0, max(-5.0, random.choice(best)[0] + random.gauss(0, spread))) for _ in range(count)]
+    return [
+        min(5.0, max(-5.0, random.choice(best)[0] + random.gauss(0, spread))) for _ in range(count)
+    ]
 
 
 def reprioritize_queue(database: list[tuple[float, float]], candidates: list[float]) -> list[int]:

@@ -20,7 +20,6 @@ from random import random
 from colmena_core.queue import ColmenaQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.thinker import BaseThinker, agent
-
 from examples.common import configure_logging, local_parsl_config, make_queues
 
 
@@ -88,7 +87,9 @@ def main() -> None:
     doer = ParslTaskServer([target_function, task_generator], queues, local_parsl_config())
     thinker = Thinker(queues, guesses=args.guesses)
     where = "RabbitMQ" if args.broker_url else "Python pipes"
-    logging.info("Searching for the minimum of x**2 with %d evaluations over %s", args.guesses, where)
+    logging.info(
+        "Searching for the minimum of x**2 with %d evaluations over %s", args.guesses, where
+    )
     try:
         doer.start()
         thinker.start()

@@ -22,7 +22,6 @@ from colmena_core.thinker import (
     result_processor,
     task_submitter,
 )
-
 from examples.common import configure_logging, local_parsl_config
 from examples.optimizers import best_of, propose, simulate
 
@@ -67,7 +66,9 @@ class ReallocatingThinker(BaseThinker):
             return
         self.database.append((result.args[0], result.value))
         x, fx = best_of(self.database)
-        self.logger.info("%d/%d simulated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx)
+        self.logger.info(
+            "%d/%d simulated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx
+        )
         if len(self.database) >= self.budget:
             self.done.set()
         elif len(self.database) % self.retrain_every == 0:
@@ -91,7 +92,9 @@ class ReallocatingThinker(BaseThinker):
             if result.success:
                 self.surrogate = result.value
                 self.trainings += 1
-                self.logger.info("Trained surrogate #%d on %d points", self.trainings, len(self.database))
+                self.logger.info(
+                    "Trained surrogate #%d on %d points", self.trainings, len(self.database)
+                )
         finally:
             self.rec.release("ml", 1)
 

@@ -1,6 +1,6 @@
 """Streaming optimizer: as soon as any evaluation finishes, propose and send a new one.
 
-    python -m examples.streaming [--budget 16] [--parallel 4]
+python -m examples.streaming [--budget 16] [--parallel 4]
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.thinker import BaseThinker, agent
-
 from examples.common import configure_logging, local_parsl_config
 from examples.optimizers import best_of, propose, simulate
 
@@ -38,7 +37,9 @@ class StreamingThinker(BaseThinker):
                 self.queues.send_inputs(propose(self.database, 1)[0], method="simulate")
                 sent += 1
             x, fx = best_of(self.database)
-            self.logger.info("%d/%d evaluated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx)
+            self.logger.info(
+                "%d/%d evaluated; best f(%.3f) = %.4f", len(self.database), self.budget, x, fx
+            )
 
 
 def main() -> None:
@@ -58,7 +59,9 @@ def main() -> None:
         queues.send_kill_signal()
     doer.join()
     x, fx = best_of(thinker.database)
-    print(f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations")
+    print(
+        f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ from colmena_core.models.wire import MessageDecodeError, decode_result, encode_r
 def test_star_import_names_only_existing_classes() -> None:
     namespace: dict[str, object] = {}
     exec("from colmena_core.models import *", namespace)
-    assert {"Result", "ResourceRequirements", "ExecutableTask", "SerializationMethod"} <= set(namespace)
+    assert {"Result", "ResourceRequirements", "ExecutableTask", "SerializationMethod"} <= set(
+        namespace
+    )
 
 
 @pytest.mark.parametrize("method", list(SerializationMethod))
@@ -77,7 +79,15 @@ def test_wire_round_trip_keeps_every_field() -> None:
     )
     result.serialize()
     decoded = decode_result(encode_result(result))
-    for field in ("task_id", "method", "topic", "task_info", "resources", "keep_inputs", "max_retries"):
+    for field in (
+        "task_id",
+        "method",
+        "topic",
+        "task_info",
+        "resources",
+        "keep_inputs",
+        "max_retries",
+    ):
         assert getattr(decoded, field) == getattr(result, field), field
     assert decoded.time_created == result.time_created
     decoded.deserialize()
@@ -193,7 +203,9 @@ def test_failure_information_from_exception() -> None:
 
 
 def test_serialization_method_static_helpers() -> None:
-    assert SerializationMethod.deserialize("json", SerializationMethod.serialize("json", [1])) == [1]
+    assert SerializationMethod.deserialize("json", SerializationMethod.serialize("json", [1])) == [
+        1
+    ]
     blob = SerializationMethod.serialize(SerializationMethod.PICKLE, {"a": 1})
     assert isinstance(blob, bytes)
     assert SerializationMethod.deserialize("pickle", blob) == {"a": 1}

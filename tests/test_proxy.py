@@ -28,7 +28,9 @@ from colmena_core.proxy import (
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store[Any]]:
     name = f"test-{uuid.uuid4().hex[:8]}"
-    with Store(name, FileConnector(str(tmp_path / "store"), clear=True), register=True, metrics=True) as s:
+    with Store(
+        name, FileConnector(str(tmp_path / "store"), clear=True), register=True, metrics=True
+    ) as s:
         yield s
     unregister_store(name)
 
