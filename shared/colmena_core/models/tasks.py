@@ -28,6 +28,11 @@ class ExecutableFailed(RuntimeError):
             f"End of its stderr:\n{stderr_tail}"
         )
 
+    def __reduce__(self) -> tuple[type[ExecutableFailed], tuple[list[str], int, str]]:
+        # Exceptions pickle with ``self.args`` (the message) by default, which does not fit
+        # this constructor: rebuild from the fields so the error crosses process boundaries
+        return type(self), (self.command, self.returncode, self.stderr_tail)
+
 
 class ExecutableTask:
     """A task that runs an executable through a system call.

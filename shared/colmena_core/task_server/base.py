@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from concurrent.futures import Future
@@ -104,18 +105,43 @@ class BaseTaskServer(Process, ABC):
         task.set_failure(exc)
         self.queues.send_result(task)
 
+    _STOP_POLL = 0.25
+    """Seconds between checks of a stop request while no task arrives."""
+
+    def request_stop(self) -> None:
+        """Stop taking new tasks; in-flight tasks finish and their results are sent.
+
+        Safe to call from a signal handler or another thread of the server process.
+        """
+        self._stop_requested.set()
+
+    @property
+    def _stop_requested(self) -> threading.Event:
+        event: threading.Event | None = self.__dict__.get("_stop_event")
+        if event is None:
+            event = self.__dict__.setdefault("_stop_event", threading.Event())
+        return event
+
     def listen_and_launch(self) -> None:
-        """Take tasks from the queue and launch them until the kill signal or the timeout."""
+        """Take tasks from the queue and launch them until the kill signal, a stop request,
+        or ``timeout`` seconds without a task."""
         logger.info("Task server listening for tasks (methods: %s)", sorted(self.method_names))
-        while True:
+        idle_since = time.monotonic()
+        while not self._stop_requested.is_set():
+            wait = self._STOP_POLL
+            if self.timeout is not None:
+                wait = min(wait, max(0.0, self.timeout - (time.monotonic() - idle_since)))
             try:
-                topic, task = self.queues.get_task(self.timeout)
+                topic, task = self.queues.get_task(wait)
             except KillSignalException:
                 logger.info("Kill signal received; finishing in-flight tasks")
                 return
             except TimeoutException:
-                logger.info("No task arrived within %s s; stopping", self.timeout)
-                return
+                if self.timeout is not None and time.monotonic() - idle_since >= self.timeout:
+                    logger.info("No task arrived within %s s; stopping", self.timeout)
+                    return
+                continue
+            idle_since = time.monotonic()
             try:
                 task.method = self.resolve_method(task)
             except UnknownMethodError as exc:
@@ -129,10 +155,12 @@ class BaseTaskServer(Process, ABC):
             except Exception as exc:
                 logger.exception("Could not launch task %s", task.task_id)
                 self.send_failure(task, exc)
+        logger.info("Stop requested; finishing in-flight tasks")
 
     def run(self) -> None:
         """Serve tasks until the kill signal, then finish in-flight tasks and clean up."""
         self.queues.set_role(QueueRole.SERVER)
+        self.queues.prepare_server(self.method_names)
         self._setup()
         try:
             self.listen_and_launch()

@@ -67,7 +67,11 @@ class LocalTaskServer(FutureBasedTaskServer):
     def _submit(self, task: Result, topic: str) -> Future[Result] | None:
         assert self._executor is not None, "the task server is not running"
         assert task.method is not None
-        return self._executor.submit(run_and_record_timing, self.methods[task.method], task)
+        method = self.methods[task.method]
+        if self.pool == "thread":
+            # Threads share the object: keep the request pristine for retries and failure reports
+            task = task.model_copy(deep=True)
+        return self._executor.submit(run_and_record_timing, method, task)
 
     def _cleanup(self) -> None:
         if self._executor is not None:

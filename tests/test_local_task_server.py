@@ -1,0 +1,179 @@
+"""The local task server: process and thread pools, failures, retries and the kill signal."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from colmena_core.models import Result
+from colmena_core.queue import PipeQueues
+from colmena_core.task_server import LocalTaskServer
+
+WAIT = 60.0
+"""Longest wait for any result or for the server to stop, in seconds."""
+
+_started: Any = None
+_gate: Any = None
+"""Process-shared events for the kill-signal test, inherited by the forked task server."""
+
+
+def square(x: float) -> float:
+    return x * x
+
+
+def process_id() -> int:
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def unpicklable() -> threading.Lock:
+    return threading.Lock()
+
+
+def fails_first_time(counter: str) -> int:
+    path = Path(counter)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls == 1:
+        raise RuntimeError("first call fails")
+    return calls
+
+
+def blocks_until_released(value: int) -> int:
+    _started.set()
+    if not _gate.wait(WAIT):
+        raise TimeoutError("the test never released the task")
+    return value
+
+
+@contextmanager
+def running_server(
+    methods: Sequence[Callable[..., Any]], pool: Literal["process", "thread"], **options: Any
+) -> Iterator[tuple[PipeQueues, LocalTaskServer]]:
+    """Start a task server; on exit, stop it and check that it exited cleanly."""
+    queues = PipeQueues()
+    server = LocalTaskServer(methods, queues, num_workers=2, pool=pool, **options)
+    server.start()
+    try:
+        yield queues, server
+        queues.send_kill_signal()
+        server.join(WAIT)
+        assert server.exitcode == 0, f"task server exit code: {server.exitcode}"
+    finally:
+        if server.is_alive():
+            server.kill()
+            server.join(WAIT)
+
+
+def run(queues: PipeQueues, *args: Any, method: str, **options: Any) -> Result:
+    queues.send_inputs(*args, method=method, **options)
+    result = queues.get_result(timeout=WAIT)
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_results_come_back(pool: Literal["process", "thread"]) -> None:
+    with running_server([square, process_id], pool) as (queues, server):
+        result = run(queues, 3, method="square")
+        pid = run(queues, method="process_id").value
+    assert result.success and result.value == 9 and result.args == (3,)
+    assert result.worker_info is not None and result.worker_info.hostname
+    times = [
+        result.time_created,
+        result.time_input_received,
+        result.time_compute_started,
+        result.time_compute_ended,
+        result.time_result_sent,
+        result.time_result_received,
+    ]
+    assert times == sorted(times)  # type: ignore[type-var]
+    assert (pid != server.pid) if pool == "process" else (pid == server.pid)
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_failures_are_reported(pool: Literal["process", "thread"]) -> None:
+    with running_server([fail, unpicklable, square], pool) as (queues, _):
+        failed = run(queues, "no convergence", method="fail")
+        unsendable = run(queues, method="unpicklable")
+        unknown = run(queues, method="no_such_method")
+        still_fine = run(queues, 2, method="square")
+    assert failed.success is False and failed.failure_info is not None
+    assert "no convergence" in failed.failure_info.exception
+    assert failed.failure_info.traceback is not None and "in fail" in failed.failure_info.traceback
+    assert unsendable.success is False and unsendable.failure_info is not None
+    assert "Could not serialize" in unsendable.failure_info.exception
+    assert unknown.success is False and unknown.failure_info is not None
+    assert "no_such_method" in unknown.failure_info.exception
+    assert still_fine.value == 4
+
+
+def test_method_may_be_omitted_when_only_one_is_served() -> None:
+    with running_server([square], "thread") as (queues, _):
+        queues.send_inputs(5)
+        result = queues.get_result(timeout=WAIT)
+    assert result is not None and result.value == 25 and result.method == "square"
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_retries(pool: Literal["process", "thread"], tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    with running_server([fails_first_time], pool) as (queues, _):
+        result = run(queues, str(counter), method="fails_first_time", max_retries=1)
+    assert result.success and result.value == 2 and result.retries == 1
+    assert result.failure_info is None  # nothing left over from the failed attempt
+
+
+def test_server_wide_retries(tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    with running_server([fails_first_time], "thread", max_retries=2) as (queues, _):
+        result = run(queues, str(counter), method="fails_first_time")
+    assert result.success and result.retries == 1
+
+
+def test_constructor_checks() -> None:
+    with pytest.raises(ValueError, match="share a name"):
+        LocalTaskServer([square, square], PipeQueues())
+    with pytest.raises(ValueError, match="pool"):
+        LocalTaskServer([square], PipeQueues(), pool="gpu")  # type: ignore[arg-type]
+
+
+def test_kill_signal_lets_in_flight_tasks_finish() -> None:
+    global _started, _gate
+    if mp.get_start_method() != "fork":
+        pytest.skip("the events reach the task server by fork")
+    _started, _gate = mp.Event(), mp.Event()
+    queues = PipeQueues()
+    server = LocalTaskServer([blocks_until_released], queues, num_workers=1, pool="thread")
+    server.start()
+    try:
+        queues.send_inputs(11, method="blocks_until_released")
+        assert _started.wait(WAIT), "the task never started"
+        queues.send_kill_signal()
+        _gate.set()
+        result = queues.get_result(timeout=WAIT)
+        server.join(WAIT)
+        assert result is not None and result.success and result.value == 11
+        assert server.exitcode == 0
+    finally:
+        if server.is_alive():
+            server.kill()
+            server.join(WAIT)
+
+
+def test_timeout_stops_an_idle_server() -> None:
+    queues = PipeQueues()
+    server = LocalTaskServer([square], queues, pool="thread", timeout=0.2)
+    server.start()
+    server.join(WAIT)
+    assert server.exitcode == 0

@@ -1,0 +1,490 @@
+"""The Parsl task server: functions, executable tasks and their failures, through real queues.
+
+Most tests use Parsl's ThreadPoolExecutor, which starts in milliseconds. One test runs a
+HighThroughputExecutor with two worker processes, as on an HPC system. Methods are
+module-level so that Parsl workers in other processes can import them.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import pickle
+import shlex
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parsl.config import Config
+from parsl.dataflow.dflow import DataFlowKernel
+from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
+from parsl.providers import LocalProvider
+
+from colmena_core.models import ExecutableTask, Result
+from colmena_core.queue import PipeQueues
+from colmena_core.task_server.parsl import MethodSpec, ParslTaskServer
+
+WAIT = 60.0
+"""Longest wait for any result or for the server to stop, in seconds."""
+
+_started: Any = None
+_gate: Any = None
+"""Process-shared events for the kill-signal test, inherited by the forked task server."""
+
+
+# ----------------------------------------------------------------------------- methods
+def square(x: float) -> float:
+    return x * x
+
+
+def thread_name() -> str:
+    return threading.current_thread().name
+
+
+def process_id() -> int:
+    return os.getpid()
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+def unpicklable() -> threading.Lock:
+    return threading.Lock()
+
+
+def fails_first_time(counter: str) -> int:
+    path = Path(counter)
+    calls = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(calls))
+    if calls == 1:
+        raise RuntimeError("first call fails")
+    return calls
+
+
+def blocks_until_released(value: int) -> int:
+    _started.set()
+    if not _gate.wait(WAIT):
+        raise TimeoutError("the test never released the task")
+    return value
+
+
+class Doubler(ExecutableTask):
+    """Runs a Python one-liner that doubles its argument and reads a JSON option file."""
+
+    def __init__(self) -> None:
+        code = (
+            "import json, sys; "
+            "scale = json.load(open('options.json'))['scale']; "
+            "extra = int(sys.stdin.read() or 0); "
+            "print(int(sys.argv[1]) * 2 * scale + extra)"
+        )
+        super().__init__([sys.executable, "-c", code])
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        (run_dir / "options.json").write_text(json.dumps({"scale": kwargs.get("scale", 1)}))
+        return [str(args[0])], str(kwargs.get("extra", 0))
+
+    def postprocess(self, run_dir: Path) -> int:
+        return int((run_dir / "colmena.stdout").read_text())
+
+
+class Crasher(ExecutableTask):
+    """An executable that writes to stderr and exits with status 3."""
+
+    def __init__(self) -> None:
+        super().__init__(["/bin/sh", "-c", "echo 'simulation diverged at step 42' >&2; exit 3"])
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        return [], None
+
+    def postprocess(self, run_dir: Path) -> None:
+        raise AssertionError("postprocess must not run after a failed execution")
+
+
+class BadInputs(ExecutableTask):
+    """Preprocessing rejects its inputs."""
+
+    def __init__(self) -> None:
+        super().__init__(["/bin/true"])
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        raise ValueError(f"cannot simulate {args[0]!r}")
+
+    def postprocess(self, run_dir: Path) -> None:
+        raise AssertionError("postprocess must not run")
+
+
+class MpiRanks(ExecutableTask):
+    """An "MPI" task whose launcher is a script that records its arguments."""
+
+    def __init__(self, launcher: Path, log: Path) -> None:
+        template = f"{shlex.quote(str(launcher))} {shlex.quote(str(log))} -n {{total_ranks}} --nodes {{node_count}}"
+        super().__init__(["/bin/sh", "-c", "echo ran"], mpi=True, mpi_command_string=template)
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        return [], None
+
+    def postprocess(self, run_dir: Path) -> str:
+        return (run_dir / "colmena.stdout").read_text().strip()
+
+
+FAKE_LAUNCHER = """#!/bin/sh
+# Fake mpiexec: record the arguments one per line, drop the launcher options, run the rest
+log="$1"; shift
+printf '%s\n' "$@" > "$log"
+shift 4
+exec "$@"
+"""
+
+
+# ----------------------------------------------------------------------------- helpers
+def thread_config(run_dir: Path, labels: Sequence[str] = ("threads",)) -> Config:
+    executors = [
+        ThreadPoolExecutor(label=label, max_threads=2, thread_name_prefix=f"pool-{label}")
+        for label in labels
+    ]
+    return Config(executors=executors, run_dir=str(run_dir), strategy="none")
+
+
+@contextmanager
+def running_server(
+    methods: Sequence[MethodSpec], config: Config, **options: Any
+) -> Iterator[tuple[PipeQueues, ParslTaskServer]]:
+    """Start a task server; on exit, stop it and check that it exited cleanly."""
+    queues = PipeQueues()
+    server = ParslTaskServer(methods, queues, config, **options)
+    server.start()
+    try:
+        yield queues, server
+        queues.send_kill_signal()
+        server.join(WAIT)
+        assert server.exitcode == 0, f"task server exit code: {server.exitcode}"
+    finally:
+        if server.is_alive():
+            server.kill()
+            server.join(WAIT)
+
+
+def run(queues: PipeQueues, *args: Any, method: str, **options: Any) -> Result:
+    queues.send_inputs(*args, method=method, **options)
+    result = queues.get_result(timeout=WAIT)
+    assert result is not None
+    return result
+
+
+def assert_timings_ordered(result: Result) -> None:
+    times = [
+        result.time_created,
+        result.time_input_received,
+        result.time_compute_started,
+        result.time_compute_ended,
+        result.time_result_sent,
+        result.time_result_received,
+    ]
+    assert all(t is not None for t in times), times
+    assert times == sorted(times), times  # type: ignore[type-var]
+
+
+@pytest.fixture
+def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Executable tasks make their run directories here (inherited by the server)."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    monkeypatch.setenv("COLMENA_RUN_DIR", str(path))
+    return path
+
+
+# ----------------------------------------------------------------------------- functions
+def test_function_result_worker_info_and_timings(tmp_path: Path) -> None:
+    with running_server([square], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, 4, method="square")
+    assert result.success, result.failure_info
+    assert result.value == 16
+    assert result.args == (4,)
+    assert result.worker_info is not None and result.worker_info.hostname
+    assert result.time_running is not None and result.time_running >= 0
+    assert result.time_serialize_results is not None
+    assert result.time_start_task_submission is not None and result.time_task_received is not None
+    assert_timings_ordered(result)
+
+
+def test_keep_inputs_false_drops_inputs(tmp_path: Path) -> None:
+    with running_server([square], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, 5, method="square", keep_inputs=False)
+    assert result.success and result.value == 25
+    assert result.args == () and result.kwargs == {}
+
+
+def test_options_and_default_executors(tmp_path: Path) -> None:
+    config = thread_config(tmp_path, labels=("a", "b"))
+    methods: list[MethodSpec] = [thread_name, (process_id, {"executors": ["b"]})]
+    with running_server(methods, config, default_executors="a") as (queues, server):
+        assert server.app_options["thread_name"]["executors"] == ["a"]
+        assert server.app_options["process_id"]["executors"] == ["b"]
+        names = {run(queues, method="thread_name").value for _ in range(3)}
+        pid = run(queues, method="process_id").value
+    assert names and all(name.startswith("pool-a") for name in names), names
+    assert pid == server.pid  # a thread pool runs inside the task server process
+
+
+def test_executor_shorthand_and_unknown_labels(tmp_path: Path) -> None:
+    config = thread_config(tmp_path, labels=("a", "b"))
+    server = ParslTaskServer([(square, {"executor": "b"})], PipeQueues(), config)
+    assert server.app_options["square"]["executors"] == ["b"]
+    with pytest.raises(ValueError, match="missing"):
+        ParslTaskServer([(square, {"executors": ["gpu"]})], PipeQueues(), config)
+    with pytest.raises(ValueError, match="missing"):
+        ParslTaskServer([square], PipeQueues(), config, default_executors="gpu")
+    with pytest.raises(ValueError, match="share the name"):
+        ParslTaskServer([square, (square, {})], PipeQueues(), config)
+
+
+def test_unknown_method_fails_with_its_name(tmp_path: Path) -> None:
+    with running_server([square], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, 1, method="no_such_method")
+    assert result.success is False
+    assert result.failure_info is not None
+    assert "no_such_method" in result.failure_info.exception
+    assert "square" in result.failure_info.exception  # lists what is available
+
+
+def test_failing_function_reports_exception_and_traceback(tmp_path: Path) -> None:
+    with running_server([fail, square], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, "the reactor melted", method="fail")
+        after = run(queues, 3, method="square")
+    assert result.success is False and result.failure_info is not None
+    assert "ValueError" in result.failure_info.exception
+    assert "the reactor melted" in result.failure_info.exception
+    assert result.failure_info.traceback is not None and "in fail" in result.failure_info.traceback
+    assert after.success and after.value == 9  # the server keeps going
+
+
+def test_unpicklable_value_fails_with_reason(tmp_path: Path) -> None:
+    with running_server([unpicklable], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, method="unpicklable")
+    assert result.success is False and result.failure_info is not None
+    assert "Could not serialize the value" in result.failure_info.exception
+    assert "lock" in result.failure_info.exception
+    assert result.value is None
+
+
+def test_retries_rerun_a_failed_task(tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    with running_server([fails_first_time], thread_config(tmp_path), max_retries=1) as (queues, _):
+        result = run(queues, str(counter), method="fails_first_time")
+    assert result.success, result.failure_info
+    assert result.value == 2 and result.retries == 1
+    assert result.failure_info is None  # nothing left over from the failed attempt
+    assert counter.read_text() == "2"
+
+
+def test_no_retries_by_default(tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    with running_server([fails_first_time], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, str(counter), method="fails_first_time")
+    assert result.success is False and result.retries == 0
+    assert counter.read_text() == "1"
+
+
+def test_kill_signal_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
+    global _started, _gate
+    if mp.get_start_method() != "fork":
+        pytest.skip("the events reach the task server by fork")
+    _started, _gate = mp.Event(), mp.Event()
+    queues = PipeQueues()
+    server = ParslTaskServer([blocks_until_released], queues, thread_config(tmp_path))
+    server.start()
+    try:
+        queues.send_inputs(7, method="blocks_until_released")
+        assert _started.wait(WAIT), "the task never started"
+        queues.send_kill_signal()
+        _gate.set()
+        result = queues.get_result(timeout=WAIT)
+        server.join(WAIT)
+        assert result is not None and result.success and result.value == 7
+        assert server.exitcode == 0
+    finally:
+        if server.is_alive():
+            server.kill()
+            server.join(WAIT)
+
+
+def hang_forever(self: DataFlowKernel) -> None:
+    threading.Event().wait(10 * WAIT)
+
+
+def test_hung_parsl_shutdown_does_not_keep_the_server_alive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(DataFlowKernel, "cleanup", hang_forever)  # inherited by the fork
+    with running_server([square], thread_config(tmp_path), cleanup_timeout=0.5) as (queues, _):
+        assert run(queues, 2, method="square").value == 4
+
+
+# ----------------------------------------------------------------------------- executables
+def test_executable_task_runs_the_three_steps(tmp_path: Path, run_dirs: Path) -> None:
+    with running_server([Doubler()], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, 21, method="doubler", input_kwargs={"scale": 10, "extra": 3})
+    assert result.success, result.failure_info
+    assert result.value == 21 * 2 * 10 + 3
+    assert result.args == (21,) and result.kwargs == {"scale": 10, "extra": 3}
+    timing = result.additional_timing
+    assert {"exec_preprocess", "exec_execution", "exec_postprocess"} <= set(timing)
+    assert all(timing[k] >= 0 for k in ("exec_preprocess", "exec_execution", "exec_postprocess"))
+    assert result.time_running == pytest.approx(sum(timing.values()))
+    assert result.worker_info is not None and result.worker_info.hostname
+    assert_timings_ordered(result)
+    assert list(run_dirs.iterdir()) == []  # run directory removed
+
+
+def test_executable_task_without_inputs_returned(tmp_path: Path, run_dirs: Path) -> None:
+    with running_server([Doubler()], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, 2, method="doubler", keep_inputs=False)
+    assert result.success and result.value == 4
+    assert result.args == () and result.kwargs == {}
+
+
+def test_failing_executable_reports_its_stderr(tmp_path: Path, run_dirs: Path) -> None:
+    with running_server([Crasher()], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, method="crasher", max_retries=1)
+    assert result.success is False and result.failure_info is not None
+    assert result.retries == 1  # the whole chain ran again, and one result came back
+    assert "ExecutableFailed" in result.failure_info.exception
+    assert "status 3" in result.failure_info.exception
+    assert "simulation diverged at step 42" in result.failure_info.exception
+    assert "exec_execution" in result.additional_timing
+    assert_timings_ordered(result)
+    assert list(run_dirs.iterdir()) == []
+
+
+def test_failing_preprocess_ends_the_chain(tmp_path: Path, run_dirs: Path) -> None:
+    with running_server([BadInputs()], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, "granite", method="badinputs")
+    assert result.success is False and result.failure_info is not None
+    assert "cannot simulate 'granite'" in result.failure_info.exception
+    assert "exec_preprocess" in result.additional_timing
+    assert "exec_execution" not in result.additional_timing
+    assert result.args == ("granite",)  # inputs returned as requested
+    assert list(run_dirs.iterdir()) == []
+
+
+def test_mpi_launch_rendered_from_resources(tmp_path: Path, run_dirs: Path) -> None:
+    launcher = tmp_path / "fake-mpiexec"
+    launcher.write_text(FAKE_LAUNCHER)
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    log = tmp_path / "launcher-arguments"
+    with running_server([MpiRanks(launcher, log)], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, method="mpiranks", resources={"node_count": 2, "cpu_processes": 3})
+    assert result.success, result.failure_info
+    assert result.value == "ran"
+    assert log.read_text().splitlines() == ["-n", "6", "--nodes", "2", "/bin/sh", "-c", "echo ran"]
+
+
+def test_executable_task_pickles(tmp_path: Path) -> None:
+    # Tasks travel to HTEX workers by pickle: an ExecutableTask must survive it
+    task = pickle.loads(pickle.dumps(Doubler()))
+    assert task.__name__ == "doubler"
+
+
+def test_package_imports_without_parsl() -> None:
+    code = (
+        "import sys; sys.modules['parsl'] = None\n"
+        "import colmena_core.task_server as servers\n"
+        "assert servers.LocalTaskServer.__name__ == 'LocalTaskServer'\n"
+        "try:\n"
+        "    servers.ParslTaskServer\n"
+        "except ImportError as error:\n"
+        "    assert 'colmena-core[parsl]' in str(error), error\n"
+        "else:\n"
+        "    raise AssertionError('ParslTaskServer imported without Parsl')\n"
+    )
+    process = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=False
+    )
+    assert process.returncode == 0, process.stderr
+
+
+# ----------------------------------------------------------------------------- HTEX
+def htex_config(run_dir: Path) -> Config:
+    executor = HighThroughputExecutor(
+        label="htex",
+        address="127.0.0.1",
+        max_workers_per_node=2,
+        provider=LocalProvider(init_blocks=1, max_blocks=1, min_blocks=0),
+    )
+    # Blocks start at the first strategy poll: poll often so the workers come up quickly
+    return Config(executors=[executor], run_dir=str(run_dir), strategy="none", strategy_period=0.5)
+
+
+def test_high_throughput_executor_end_to_end(
+    tmp_path: Path, run_dirs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The executor starts its interchange and workers from the environment's bin/, and the
+    # workers import the methods of this module by name
+    monkeypatch.setenv(
+        "PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    )
+    tests_dir = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+
+    counter = tmp_path / "calls"
+    methods: list[Callable[..., Any] | ExecutableTask] = [
+        square,
+        process_id,
+        fail,
+        unpicklable,
+        fails_first_time,
+        Doubler(),
+        Crasher(),
+    ]
+    with running_server(methods, htex_config(tmp_path)) as (queues, server):
+        queues.send_inputs(6, method="square")
+        queues.send_inputs(method="process_id")
+        queues.send_inputs("bad", method="fail")
+        queues.send_inputs(method="unpicklable")
+        queues.send_inputs(str(counter), method="fails_first_time", max_retries=2)
+        queues.send_inputs(5, method="doubler", input_kwargs={"scale": 3})
+        queues.send_inputs(method="crasher")
+        results: dict[str, Result] = {}
+        for _ in range(7):
+            result = queues.get_result(timeout=WAIT)
+            assert result is not None
+            results[str(result.method)] = result
+
+    assert results["square"].value == 36
+    assert_timings_ordered(results["square"])
+    worker_pid = results["process_id"].value
+    assert isinstance(worker_pid, int) and worker_pid not in (os.getpid(), server.pid)
+    assert (
+        results["fail"].failure_info is not None and "bad" in results["fail"].failure_info.exception
+    )
+    assert results["unpicklable"].failure_info is not None
+    assert "Could not serialize" in results["unpicklable"].failure_info.exception
+    assert results["fails_first_time"].success and results["fails_first_time"].retries == 1
+    doubled = results["doubler"]
+    assert doubled.success, doubled.failure_info
+    assert doubled.value == 30 and doubled.args == (5,)
+    assert {"exec_preprocess", "exec_execution", "exec_postprocess"} <= set(
+        doubled.additional_timing
+    )
+    assert_timings_ordered(doubled)
+    crashed = results["crasher"]
+    assert crashed.success is False and crashed.failure_info is not None
+    assert "simulation diverged at step 42" in crashed.failure_info.exception
+    assert list(run_dirs.iterdir()) == []
