@@ -697,6 +697,8 @@ class BaseThinker(threading.Thread):
         self._senders_finished = threading.Event()  # All agents but result processors exited
         self._senders_left = 0
         self._senders_lock = threading.Lock()
+        self.agent_errors: dict[str, BaseException] = {}
+        """Exceptions raised by agents, by agent name (empty when every agent succeeded)"""
 
     # ---------------------------------------------------------------- resources
     @property
@@ -789,6 +791,8 @@ class BaseThinker(threading.Thread):
         except BaseException as exc:
             stage = "" if prepared else " while preparing"
             self.logger.warning("%s failed%s: %r", spec.name, stage, exc, exc_info=exc)
+            with self._senders_lock:
+                self.agent_errors[spec.name] = exc
         finally:
             self._agent_exited(spec, success)
             if prepared:
