@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from colmena_core.models import Result
+from colmena_core.models.execution import WorkerTask
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import FuncXTaskServer, GlobusComputeTaskServer
-from colmena_core.task_server.base import run_and_record_timing
+from colmena_core.task_server.base import execute_task
 
 WAIT = 60.0
 """Longest wait for any result or for the server to stop, in seconds."""
@@ -57,9 +57,9 @@ class RecordingExecutor(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         function, task = args
-        assert fn is run_and_record_timing
-        assert isinstance(task, Result)
-        self._write(f"submit {self.endpoint_id} {function.__name__} {task.task_id}")
+        assert fn is execute_task
+        assert isinstance(task, WorkerTask)  # workers get the compact payload, not a Result
+        self._write(f"submit {self.endpoint_id} {function.__name__}")
         return super().submit(fn, *args, **kwargs)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -126,10 +126,9 @@ def test_tasks_run_on_the_endpoint_of_their_function(tmp_path: Path) -> None:
     assert opened == sorted([CPU_ENDPOINT, GPU_ENDPOINT])  # one executor per endpoint
     submissions = [line.split()[1:] for line in lines if line.startswith("submit")]
     expected = {"simulate": CPU_ENDPOINT, "train": GPU_ENDPOINT, "fail": CPU_ENDPOINT}
-    assert {name for _, name, _ in submissions} == set(expected)
-    for endpoint, name, task_id in submissions:
+    assert sorted(name for _, name in submissions) == ["fail", "simulate", "simulate", "train"]
+    for endpoint, name in submissions:
         assert endpoint == expected[name]
-        assert task_id not in sent or sent[task_id] == name
     shut_down = sorted(line.split()[1] for line in lines if line.startswith("shutdown"))
     assert shut_down == opened
 

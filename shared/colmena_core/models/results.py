@@ -21,6 +21,7 @@ from uuid import uuid4
 from proxystore.proxy import Proxy
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from colmena_core.models.execution import WorkerOutcome, WorkerTask
 from colmena_core.models.resources import ResourceRequirements
 from colmena_core.proxy import get_store, proxy_json_encoder, proxy_serialized
 
@@ -92,6 +93,68 @@ class WorkerInformation(BaseModel):
     def here(cls) -> WorkerInformation:
         """Describe the current worker process."""
         return cls(hostname=platform.node())
+
+
+StoreSettings = tuple[Any, int]
+"""A ProxyStore store and the size in bytes above which objects go through it."""
+
+
+def resolve_store(
+    name: str | None,
+    threshold: int | None,
+    config: dict[str, Any] | None,
+    method: SerializationMethod | str,
+) -> StoreSettings | None:
+    """The store and threshold to use, or ``None`` when objects travel inline.
+
+    ProxyStore is used only with pickle serialization (proxies are not JSON).
+
+    Raises:
+        ValueError: the store is neither registered nor described by ``config``
+    """
+    if (
+        name is None
+        or threshold is None
+        or SerializationMethod(method) is not SerializationMethod.PICKLE
+    ):
+        return None
+    store = get_store(name, config)
+    if store is None:
+        raise ValueError(f"No ProxyStore store named {name!r} is registered")
+    return store, threshold
+
+
+def _proxy_if_large(
+    obj: Any, settings: StoreSettings, proxies: list[Proxy[Any]], evict: bool
+) -> tuple[Any, bytes | None]:
+    """Return the object, or its proxy when its pickle is above the threshold.
+
+    The second item is the pickle of the object when it was computed and the object kept.
+    """
+    if isinstance(obj, Proxy) or obj is None or isinstance(obj, bool | int | float):
+        return obj, None
+    store, threshold = settings
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    if len(payload) < threshold:
+        return obj, payload
+    proxy = proxy_serialized(store, obj, payload, evict=evict)
+    proxies.append(proxy)
+    return proxy, None
+
+
+def serialize_value(
+    value: Any,
+    method: SerializationMethod | str,
+    settings: StoreSettings | None,
+    proxies: list[Proxy[Any]],
+) -> str | bytes:
+    """Serialize a task's value, through ProxyStore when it is large (evicted once read)."""
+    if settings is None:
+        return SerializationMethod.serialize(method, value)
+    value, payload = _proxy_if_large(value, settings, proxies, evict=True)
+    if payload is not None:
+        return payload  # already the pickle of the value: do not pickle twice
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _new_task_id() -> str:
@@ -243,17 +306,13 @@ class Result(BaseModel):
         self.failure_info = FailureInformation.from_exception(exc)
 
     # ---------------------------------------------------------- serialization
-    def _store_settings(self) -> tuple[Any, int] | None:
-        if (
-            self.proxystore_name is None
-            or self.proxystore_threshold is None
-            or self.serialization_method is not SerializationMethod.PICKLE
-        ):
-            return None
-        store = get_store(self.proxystore_name, self.proxystore_config)
-        if store is None:
-            raise ValueError(f"No ProxyStore store named {self.proxystore_name!r} is registered")
-        return store, self.proxystore_threshold
+    def _store_settings(self) -> StoreSettings | None:
+        return resolve_store(
+            self.proxystore_name,
+            self.proxystore_threshold,
+            self.proxystore_config,
+            self.serialization_method,
+        )
 
     def serialize(self) -> tuple[float, list[Proxy[Any]]]:
         """Serialize the inputs and the value, proxying objects above the ProxyStore threshold.
@@ -269,9 +328,9 @@ class Result(BaseModel):
         if not self._inputs_serialized:
             args, kwargs = self._plain_inputs()
             if settings is not None:
-                args = tuple(self._maybe_proxy(a, settings, proxies, evict=False) for a in args)
+                args = tuple(_proxy_if_large(a, settings, proxies, evict=False)[0] for a in args)
                 kwargs = {
-                    k: self._maybe_proxy(v, settings, proxies, evict=False)
+                    k: _proxy_if_large(v, settings, proxies, evict=False)[0]
                     for k, v in kwargs.items()
                 }
             self.inputs = SerializationMethod.serialize(self.serialization_method, (args, kwargs))
@@ -279,28 +338,52 @@ class Result(BaseModel):
             self.message_sizes["inputs"] = len(self.inputs)
 
         if not self._value_serialized and self.value is not None:
-            value = self.value
-            if settings is not None:
-                value = self._maybe_proxy(value, settings, proxies, evict=True)
-            self.value = SerializationMethod.serialize(self.serialization_method, value)
+            self.value = serialize_value(self.value, self.serialization_method, settings, proxies)
             self._value_serialized = True
             self.message_sizes["value"] = len(self.value)
 
         return perf_counter() - start, proxies
 
-    @staticmethod
-    def _maybe_proxy(
-        obj: Any, settings: tuple[Any, int], proxies: list[Proxy[Any]], evict: bool
-    ) -> Any:
-        if isinstance(obj, Proxy) or obj is None or isinstance(obj, bool | int | float):
-            return obj
-        store, threshold = settings
-        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        if len(payload) < threshold:
-            return obj
-        proxy = proxy_serialized(store, obj, payload, evict=evict)
-        proxies.append(proxy)
-        return proxy
+    # -------------------------------------------------------------- execution
+    def to_worker_task(self) -> WorkerTask:
+        """What a worker needs to run this task (inputs serialized first if needed)."""
+        if not self._inputs_serialized:
+            self.time_serialize_inputs, _ = self.serialize()
+        assert isinstance(self.inputs, str | bytes)
+        store = None
+        if (
+            self.proxystore_name is not None
+            and self.proxystore_threshold is not None
+            and self.serialization_method is SerializationMethod.PICKLE
+        ):
+            store = (self.proxystore_name, self.proxystore_threshold, self.proxystore_config)
+        return WorkerTask(self.inputs, self.serialization_method.value, store)
+
+    def apply_outcome(self, outcome: WorkerOutcome) -> None:
+        """Record what a worker reported: value or failure, timings, worker information."""
+        self.time_compute_started = outcome.time_compute_started
+        self.time_compute_ended = outcome.time_compute_ended
+        self.time_running = outcome.time_running
+        self.time_deserialize_inputs = outcome.time_deserialize_inputs
+        self.time_serialize_results = outcome.time_serialize_results
+        self.time_async_resolve_proxies = outcome.time_async_resolve_proxies
+        self.proxy_timing.update(outcome.proxy_timing)
+        self.worker_info = WorkerInformation(hostname=outcome.hostname)
+        self.value = outcome.value
+        self._value_serialized = outcome.value is not None
+        if outcome.value is not None:
+            self.message_sizes["value"] = len(outcome.value)
+        if outcome.failure is None:
+            self.success = True
+            self.failure_info = None
+        else:
+            self.success = False
+            self.failure_info = FailureInformation(
+                exception=outcome.failure[0], traceback=outcome.failure[1]
+            )
+        if not self.keep_inputs:
+            self.inputs = ((), {})
+            self._inputs_serialized = False
 
     def deserialize(self) -> float:
         """De-serialize the inputs and value fields.

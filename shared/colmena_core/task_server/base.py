@@ -9,6 +9,7 @@ the kill signal after its in-flight tasks finish. Engines live in the sibling mo
 from __future__ import annotations
 
 import logging
+import platform
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -20,11 +21,13 @@ from time import perf_counter
 from typing import Any
 
 from colmena_core.exceptions import KillSignalException, TimeoutException
-from colmena_core.models import Result, WorkerInformation
+from colmena_core.models import FailureInformation, Result, SerializationMethod
+from colmena_core.models.execution import WorkerOutcome, WorkerTask
+from colmena_core.models.results import resolve_store, serialize_value
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
-__all__ = ["BaseTaskServer", "FutureBasedTaskServer", "run_and_record_timing"]
+__all__ = ["BaseTaskServer", "FutureBasedTaskServer", "execute_task", "run_and_record_timing"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,12 +191,12 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
         super().__init__(queues, method_names, timeout, max_retries)
 
     @abstractmethod
-    def _submit(self, task: Result, topic: str) -> Future[Result] | None:
+    def _submit(self, task: Result, topic: str) -> Future[Result] | Future[WorkerOutcome] | None:
         """Start a task; return its future, or ``None`` if the task reports by itself."""
 
     def _setup(self) -> None:
         super()._setup()
-        self._in_flight: set[Future[Result]] = set()
+        self._in_flight: set[Future[Any]] = set()
         self._in_flight_changed = threading.Condition()
 
     @property
@@ -212,7 +215,7 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
             self._in_flight.add(future)
         future.add_done_callback(partial(self._finish, result=task, topic=topic))
 
-    def _finish(self, future: Future[Result], result: Result, topic: str) -> None:
+    def _finish(self, future: Future[Any], result: Result, topic: str) -> None:
         try:
             self.perform_callback(future, result, topic)
         except Exception:
@@ -222,7 +225,9 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
                 self._in_flight.discard(future)
                 self._in_flight_changed.notify_all()
 
-    def perform_callback(self, future: Future[Result], result: Result, topic: str) -> None:
+    def perform_callback(
+        self, future: Future[Result] | Future[WorkerOutcome], result: Result, topic: str
+    ) -> None:
         """Send a completed result back to the queue; used as the callback of each future.
 
         Args:
@@ -231,11 +236,16 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
             topic: Topic used to send back to the user
         """
         exc = future.exception()
-        if exc is not None:
-            output = result.model_copy()
-            output.set_failure(exc)
+        reported = None if exc is not None else future.result()
+        if isinstance(reported, Result):
+            output = reported
         else:
-            output = future.result()
+            # The request stays here while a worker runs it: the outcome completes it
+            output = result
+            if reported is None:
+                output.set_failure(exc or RuntimeError("The engine returned no outcome"))
+            else:
+                output.apply_outcome(reported)
         output.mark_task_received()
         if not output.success and result.retries < result.max_retries:
             result.retries += 1
@@ -257,12 +267,63 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
             self._in_flight_changed.wait_for(lambda: not self._in_flight)
 
 
+def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
+    """Run a function on a task's inputs, on a worker; never raises for the task's sake.
+
+    Deserializes the inputs, starts resolving their proxies, runs the function and
+    serializes its value. A failing function, undecodable inputs or an unserializable value
+    come back as a failed outcome with the reason.
+
+    Args:
+        func: Function to invoke
+        task: The serialized inputs and how to read them
+    Returns:
+        The serialized value, or the failure, with the timings of each step
+    """
+    outcome = WorkerOutcome(hostname=platform.node(), time_compute_started=time.time())
+    try:
+        start = perf_counter()
+        args, kwargs = SerializationMethod.deserialize(task.serialization_method, task.inputs)
+        outcome.time_deserialize_inputs = perf_counter() - start
+        start = perf_counter()
+        proxies = resolve_proxies_async((args, kwargs))
+        outcome.time_async_resolve_proxies = perf_counter() - start
+    except Exception as exc:
+        outcome.failure = _describe(exc, "Could not deserialize the task inputs")
+        outcome.time_compute_ended = time.time()
+        return outcome
+
+    start = perf_counter()
+    try:
+        value = func(*args, **kwargs)
+    except Exception as exc:
+        outcome.time_running = perf_counter() - start
+        outcome.time_compute_ended = time.time()
+        outcome.failure = _describe(exc)
+        return outcome
+    outcome.time_running = perf_counter() - start
+    outcome.time_compute_ended = time.time()
+
+    for proxy in proxies:
+        store_proxy_stats(proxy, outcome.proxy_timing)
+    if value is None:
+        return outcome
+    try:
+        start = perf_counter()
+        store = None
+        if task.value_store is not None:
+            store = resolve_store(*task.value_store, task.serialization_method)
+        outcome.value = serialize_value(value, task.serialization_method, store, [])
+        outcome.time_serialize_results = perf_counter() - start
+    except Exception as exc:
+        outcome.failure = _describe(exc, "Could not serialize the value returned by the method")
+    return outcome
+
+
 def run_and_record_timing(func: Callable[..., Any], result: Result) -> Result:
     """Run a function on a task and record its timings; never raises for the task's sake.
 
-    Deserializes the inputs, starts resolving their proxies, runs the function, and
-    serializes the value. A failing function, undecodable inputs or an unserializable
-    value all come back as a failed result with the reason.
+    The documented form of :func:`execute_task` for engines that ship whole results.
 
     Args:
         func: Function to invoke
@@ -270,43 +331,12 @@ def run_and_record_timing(func: Callable[..., Any], result: Result) -> Result:
     Returns:
         The result object, with its value serialized
     """
-    result.mark_compute_started()
-    result.worker_info = WorkerInformation.here()
-    try:
-        result.time_deserialize_inputs = result.deserialize()
-        start = perf_counter()
-        proxies = resolve_proxies_async(result.inputs)
-        result.time_async_resolve_proxies = perf_counter() - start
-    except Exception as exc:
-        result.set_failure(_annotate(exc, "Could not deserialize the task inputs"))
-        result.mark_compute_ended()
-        return result
-
-    start = perf_counter()
-    try:
-        output = func(*result.args, **result.kwargs)
-    except Exception as exc:
-        result.mark_compute_ended()
-        result.time_running = perf_counter() - start
-        result.set_failure(exc)
-    else:
-        result.set_result(output, perf_counter() - start)
-
-    for proxy in proxies:
-        store_proxy_stats(proxy, result.proxy_timing)
-
-    try:
-        result.time_serialize_results, _ = result.serialize()
-    except Exception as exc:
-        result.value = None
-        result.mark_serialized(inputs=result.inputs_serialized, value=False)
-        result.set_failure(_annotate(exc, "Could not serialize the value returned by the method"))
-        result.time_serialize_results, _ = result.serialize()
+    result.apply_outcome(execute_task(func, result.to_worker_task()))
     return result
 
 
-def _annotate(exc: Exception, context: str) -> Exception:
-    error = RuntimeError(f"{context}: {exc!r}")
-    error.__cause__ = exc
-    error.__traceback__ = exc.__traceback__
-    return error
+def _describe(exc: BaseException, context: str | None = None) -> tuple[str, str | None]:
+    info = FailureInformation.from_exception(exc)
+    if context is None:
+        return info.exception, info.traceback
+    return f"RuntimeError('{context}: {info.exception}')", info.traceback

@@ -13,8 +13,9 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from typing import Any, Literal
 
 from colmena_core.models import Result
+from colmena_core.models.execution import WorkerOutcome
 from colmena_core.queue.base import ColmenaQueues
-from colmena_core.task_server.base import FutureBasedTaskServer, run_and_record_timing
+from colmena_core.task_server.base import FutureBasedTaskServer, execute_task
 
 __all__ = ["LocalTaskServer", "method_name"]
 
@@ -64,14 +65,10 @@ class LocalTaskServer(FutureBasedTaskServer):
         else:
             self._executor = ThreadPoolExecutor(self.num_workers)
 
-    def _submit(self, task: Result, topic: str) -> Future[Result] | None:
+    def _submit(self, task: Result, topic: str) -> Future[WorkerOutcome] | None:
         assert self._executor is not None, "the task server is not running"
         assert task.method is not None
-        method = self.methods[task.method]
-        if self.pool == "thread":
-            # Threads share the object: keep the request pristine for retries and failure reports
-            task = task.model_copy(deep=True)
-        return self._executor.submit(run_and_record_timing, method, task)
+        return self._executor.submit(execute_task, self.methods[task.method], task.to_worker_task())
 
     def _cleanup(self) -> None:
         if self._executor is not None:

@@ -1,0 +1,45 @@
+"""What travels between a task server and its workers: small, immutable, cheap to pickle.
+
+Engines (Parsl, process pools, Globus Compute) pickle the arguments and the return value of
+every call; a whole :class:`~colmena_core.models.Result` costs about a millisecond per task
+there. Workers get a :class:`WorkerTask` (the serialized inputs and how to read them) and
+return a :class:`WorkerOutcome`; the task server keeps the ``Result`` and merges the
+outcome into it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["WorkerOutcome", "WorkerTask"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTask:
+    """The inputs of a task as a worker needs them."""
+
+    inputs: bytes | str
+    """Serialized ``(args, kwargs)``"""
+    serialization_method: str
+    """How ``inputs`` were serialized, and how to serialize the value"""
+    value_store: tuple[str, int, dict[str, Any] | None] | None = None
+    """ProxyStore name, threshold and configuration for a large value, if any"""
+
+
+@dataclass(slots=True)
+class WorkerOutcome:
+    """What a worker reports about one run of a task."""
+
+    hostname: str | None
+    time_compute_started: float
+    time_compute_ended: float | None = None
+    value: bytes | str | None = None
+    """Serialized value (``None`` when the function returned ``None`` or failed)"""
+    failure: tuple[str, str | None] | None = None
+    """Exception and traceback when the task failed"""
+    time_running: float | None = None
+    time_deserialize_inputs: float | None = None
+    time_serialize_results: float | None = None
+    time_async_resolve_proxies: float | None = None
+    proxy_timing: dict[str, dict[str, Any]] = field(default_factory=dict)

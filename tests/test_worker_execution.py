@@ -1,0 +1,131 @@
+"""What a worker does with a task: run it, time it, and report values and failures."""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from proxystore.connectors.file import FileConnector
+from proxystore.proxy import Proxy
+from proxystore.store import Store, unregister_store
+
+from colmena_core.models import Result
+from colmena_core.models.execution import WorkerTask
+from colmena_core.task_server.base import execute_task, run_and_record_timing
+
+
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def explode(x: int) -> int:
+    raise ArithmeticError(f"cannot handle {x}")
+
+
+def make_closure(x: int) -> Any:
+    return lambda: x  # not picklable
+
+
+def request(*args: Any, method: str = "pickle", **kwargs: Any) -> Result:
+    result = Result((args, kwargs), serialization_method=method)
+    result.serialize()
+    return result
+
+
+@pytest.mark.parametrize("method", ["pickle", "json"])
+def test_value_and_timings(method: str) -> None:
+    result = run_and_record_timing(add, request(2, method=method, y=3))
+    assert result.success is True and result.failure_info is None
+    assert result.value_serialized
+    result.deserialize()
+    assert result.value == 5
+    assert result.args == (2,) and result.kwargs == {"y": 3}
+    assert result.worker_info is not None and result.worker_info.hostname
+    assert result.time_compute_started is not None and result.time_compute_ended is not None
+    assert result.time_compute_started <= result.time_compute_ended
+    for duration in (
+        result.time_running,
+        result.time_deserialize_inputs,
+        result.time_serialize_results,
+    ):
+        assert duration is not None and duration >= 0
+    assert result.message_sizes["value"] > 0
+
+
+def test_failing_function_reports_exception_and_traceback() -> None:
+    result = run_and_record_timing(explode, request(7))
+    assert result.success is False
+    assert result.failure_info is not None
+    assert (
+        "ArithmeticError" in result.failure_info.exception and "7" in result.failure_info.exception
+    )
+    assert result.failure_info.traceback and "explode" in result.failure_info.traceback
+    assert result.value is None
+
+
+def test_unpicklable_value_is_a_failure_with_a_clear_reason() -> None:
+    result = run_and_record_timing(make_closure, request(1))
+    assert result.success is False and result.failure_info is not None
+    assert "Could not serialize the value" in result.failure_info.exception
+
+
+def test_undecodable_inputs_are_a_failure() -> None:
+    outcome = execute_task(add, WorkerTask(b"not a pickle", "pickle"))
+    assert outcome.failure is not None and "Could not deserialize" in outcome.failure[0]
+
+
+def test_inputs_dropped_when_not_kept() -> None:
+    task = Result(((1,), {}), keep_inputs=False, serialization_method="pickle")
+    task.serialize()
+    result = run_and_record_timing(add, task)
+    assert result.args == () and not result.inputs_serialized
+    result.deserialize()
+    assert result.value == 1
+
+
+def test_worker_task_is_small_and_does_not_carry_the_result() -> None:
+    task = request(1)
+    payload = pickle.dumps(task.to_worker_task())
+    assert len(payload) < len(pickle.dumps(task)) / 3
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store[Any]]:
+    name = f"worker-{uuid.uuid4().hex[:8]}"
+    with Store(name, FileConnector(str(tmp_path / "store")), register=True) as s:
+        yield s
+    unregister_store(name)
+
+
+def test_large_value_travels_by_proxy(store: Store[Any]) -> None:
+    task = Result(
+        ((100_000,), {}),
+        serialization_method="pickle",
+        proxystore_name=store.name,
+        proxystore_threshold=10_000,
+        proxystore_config=store.config().model_dump(),
+    )
+    task.serialize()
+    result = run_and_record_timing(lambda n: b"v" * n, task)
+    assert result.success, result.failure_info
+    assert result.message_sizes["value"] < 10_000
+    result.deserialize()
+    assert isinstance(result.value, Proxy)
+    assert result.value == b"v" * 100_000
+
+
+def test_small_value_with_a_store_is_pickled_once(store: Store[Any]) -> None:
+    task = Result(
+        ((10,), {}),
+        serialization_method="pickle",
+        proxystore_name=store.name,
+        proxystore_threshold=10_000,
+    )
+    task.serialize()
+    result = run_and_record_timing(lambda n: b"v" * n, task)
+    result.deserialize()
+    assert result.value == b"v" * 10 and not isinstance(result.value, Proxy)
