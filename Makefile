@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench system-deps clean
+.PHONY: demo test lint typecheck unit bench deploy-smoke system-deps clean
 
 demo: $(VENV)/.demo-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.quickstart
@@ -24,6 +24,9 @@ unit: $(VENV)/.dev-installed
 
 bench: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks
+
+deploy-smoke: $(VENV)/.dev-installed
+	bash scripts/deploy-smoke.sh
 
 system-deps:
 	@bash scripts/system-deps.sh
