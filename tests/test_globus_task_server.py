@@ -21,7 +21,7 @@ import pytest
 from colmena_core.models.execution import WorkerTask
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import FuncXTaskServer, GlobusComputeTaskServer
-from colmena_core.task_server.base import execute_task
+from colmena_core.task_server.base import execute_packed_task
 
 WAIT = 60.0
 """Longest wait for any result or for the server to stop, in seconds."""
@@ -57,8 +57,8 @@ class RecordingExecutor(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         function, task = args
-        assert fn is execute_task
-        assert isinstance(task, WorkerTask)  # workers get the compact payload, not a Result
+        assert fn is execute_packed_task
+        assert isinstance(WorkerTask.unpack(task), WorkerTask)  # a compact payload, not a Result
         self._write(f"submit {self.endpoint_id} {function.__name__}")
         return super().submit(fn, *args, **kwargs)
 

@@ -129,3 +129,14 @@ def test_small_value_with_a_store_is_pickled_once(store: Store[Any]) -> None:
     result = run_and_record_timing(lambda n: b"v" * n, task)
     result.deserialize()
     assert result.value == b"v" * 10 and not isinstance(result.value, Proxy)
+
+
+def test_message_size_of_inputs_is_the_clients_even_when_inputs_are_dropped() -> None:
+    from colmena_core.models.wire import decode_result, encode_result
+
+    task = Result(((b"x" * 5000,), {}), keep_inputs=False, serialization_method="pickle")
+    task.serialize()
+    sent_size = task.message_sizes["inputs"]
+    result = run_and_record_timing(len, decode_result(encode_result(task)))
+    returned = decode_result(encode_result(result))
+    assert returned.message_sizes["inputs"] == sent_size > 5000

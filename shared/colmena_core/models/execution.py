@@ -5,10 +5,15 @@ every call; a whole :class:`~colmena_core.models.Result` costs about a milliseco
 there. Workers get a :class:`WorkerTask` (the serialized inputs and how to read them) and
 return a :class:`WorkerOutcome`; the task server keeps the ``Result`` and merges the
 outcome into it.
+
+Engines whose serializer is slow for structured objects (Parsl and Globus Compute use dill,
+a pure-Python pickler) get both as one ``bytes`` object: :meth:`WorkerTask.pack` and
+:meth:`WorkerOutcome.pack` use the C pickler.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +30,18 @@ class WorkerTask:
     """How ``inputs`` were serialized, and how to serialize the value"""
     value_store: tuple[str, int, dict[str, Any] | None] | None = None
     """ProxyStore name, threshold and configuration for a large value, if any"""
+
+    def pack(self) -> bytes:
+        """The task as one bytes object."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def unpack(packed: bytes) -> WorkerTask:
+        """Inverse of :meth:`pack`."""
+        task = pickle.loads(packed)
+        if not isinstance(task, WorkerTask):
+            raise TypeError(f"Expected a packed WorkerTask, got {type(task).__name__}")
+        return task
 
 
 @dataclass(slots=True)
@@ -43,3 +60,15 @@ class WorkerOutcome:
     time_serialize_results: float | None = None
     time_async_resolve_proxies: float | None = None
     proxy_timing: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def pack(self) -> bytes:
+        """The outcome as one bytes object."""
+        return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def unpack(packed: bytes) -> WorkerOutcome:
+        """Inverse of :meth:`pack`."""
+        outcome = pickle.loads(packed)
+        if not isinstance(outcome, WorkerOutcome):
+            raise TypeError(f"Expected a packed WorkerOutcome, got {type(outcome).__name__}")
+        return outcome

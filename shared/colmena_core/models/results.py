@@ -335,7 +335,8 @@ class Result(BaseModel):
                 }
             self.inputs = SerializationMethod.serialize(self.serialization_method, (args, kwargs))
             self._inputs_serialized = True
-            self.message_sizes["inputs"] = len(self.inputs)
+            # The client's figure stands: a server re-encodes only the inputs it dropped
+            self.message_sizes.setdefault("inputs", len(self.inputs))
 
         if not self._value_serialized and self.value is not None:
             self.value = serialize_value(self.value, self.serialization_method, settings, proxies)

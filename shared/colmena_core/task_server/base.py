@@ -27,7 +27,13 @@ from colmena_core.models.results import resolve_store, serialize_value
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
-__all__ = ["BaseTaskServer", "FutureBasedTaskServer", "execute_task", "run_and_record_timing"]
+__all__ = [
+    "BaseTaskServer",
+    "FutureBasedTaskServer",
+    "execute_packed_task",
+    "execute_task",
+    "run_and_record_timing",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +124,21 @@ class BaseTaskServer(Process, ABC):
         """
         self._stop_requested.set()
 
+    def _local_event(self, name: str) -> threading.Event:
+        # Made on first use, in the process that runs the server: events do not pickle
+        event: threading.Event | None = self.__dict__.get(name)
+        if event is None:
+            event = self.__dict__.setdefault(name, threading.Event())
+        return event
+
     @property
     def _stop_requested(self) -> threading.Event:
-        event: threading.Event | None = self.__dict__.get("_stop_event")
-        if event is None:
-            event = self.__dict__.setdefault("_stop_event", threading.Event())
-        return event
+        return self._local_event("_stop_event")
+
+    @property
+    def ready(self) -> threading.Event:
+        """Set once the engine is prepared and the server takes tasks (in its own process)."""
+        return self._local_event("_ready_event")
 
     def listen_and_launch(self) -> None:
         """Take tasks from the queue and launch them until the kill signal, a stop request,
@@ -165,6 +180,7 @@ class BaseTaskServer(Process, ABC):
         self.queues.set_role(QueueRole.SERVER)
         self.queues.prepare_server(self.method_names)
         self._setup()
+        self.ready.set()
         try:
             self.listen_and_launch()
             self._wait_for_tasks()
@@ -191,8 +207,12 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
         super().__init__(queues, method_names, timeout, max_retries)
 
     @abstractmethod
-    def _submit(self, task: Result, topic: str) -> Future[Result] | Future[WorkerOutcome] | None:
-        """Start a task; return its future, or ``None`` if the task reports by itself."""
+    def _submit(self, task: Result, topic: str) -> Future[Any] | None:
+        """Start a task; return its future, or ``None`` if the task reports by itself.
+
+        The future's value is a :class:`Result`, a :class:`WorkerOutcome`, or a packed
+        outcome (bytes).
+        """
 
     def _setup(self) -> None:
         super()._setup()
@@ -225,9 +245,7 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
                 self._in_flight.discard(future)
                 self._in_flight_changed.notify_all()
 
-    def perform_callback(
-        self, future: Future[Result] | Future[WorkerOutcome], result: Result, topic: str
-    ) -> None:
+    def perform_callback(self, future: Future[Any], result: Result, topic: str) -> None:
         """Send a completed result back to the queue; used as the callback of each future.
 
         Args:
@@ -237,6 +255,8 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
         """
         exc = future.exception()
         reported = None if exc is not None else future.result()
+        if isinstance(reported, bytes):
+            reported = WorkerOutcome.unpack(reported)
         if isinstance(reported, Result):
             output = reported
         else:
@@ -318,6 +338,15 @@ def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
     except Exception as exc:
         outcome.failure = _describe(exc, "Could not serialize the value returned by the method")
     return outcome
+
+
+def execute_packed_task(func: Callable[..., Any], packed: bytes) -> bytes:
+    """:func:`execute_task` on a packed :class:`WorkerTask`, returning a packed outcome.
+
+    For engines that serialize structured objects slowly (see
+    :mod:`colmena_core.models.execution`).
+    """
+    return execute_task(func, WorkerTask.unpack(packed)).pack()
 
 
 def run_and_record_timing(func: Callable[..., Any], result: Result) -> Result:

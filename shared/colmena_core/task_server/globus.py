@@ -20,9 +20,8 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from colmena_core.models import Result
-from colmena_core.models.execution import WorkerOutcome
 from colmena_core.queue.base import ColmenaQueues
-from colmena_core.task_server.base import FutureBasedTaskServer, execute_task
+from colmena_core.task_server.base import FutureBasedTaskServer, execute_packed_task
 from colmena_core.task_server.local import method_name
 
 __all__ = ["ExecutorFactory", "FuncXTaskServer", "GlobusComputeTaskServer"]
@@ -54,10 +53,10 @@ class GlobusComputeTaskServer(FutureBasedTaskServer):
     Give it a mapping of each function to the ID of the endpoint that runs it, and an
     authenticated Globus Compute client. When the server process starts, it opens one
     executor per endpoint; each task runs on its function's endpoint, wrapped in
-    :func:`~colmena_core.task_server.base.execute_task`, and a callback on its
+    :func:`~colmena_core.task_server.base.execute_packed_task`, and a callback on its
     future sends the result back. The executors are shut down when the server stops.
 
-    The SDK sends ``execute_task`` and the methods by reference where it can, so
+    The SDK sends ``execute_packed_task`` and the methods by reference where it can, so
     ``colmena-core`` and the modules of the methods must be importable on the endpoints.
     Globus Compute limits the size of task inputs and results; send large objects by
     ProxyStore proxies (see :mod:`colmena_core.proxy`).
@@ -123,12 +122,14 @@ class GlobusComputeTaskServer(FutureBasedTaskServer):
             self._executors[endpoint] = self._make_executor(endpoint)
         logger.info("Opened executors for %d Globus Compute endpoints", len(self._executors))
 
-    def _submit(self, task: Result, topic: str) -> Future[WorkerOutcome] | None:
+    def _submit(self, task: Result, topic: str) -> Future[bytes] | None:
         assert task.method is not None
         executor = self._executors.get(self.endpoints[task.method])
         if executor is None:
             raise RuntimeError("the task server is not running")
-        return executor.submit(execute_task, self.methods[task.method], task.to_worker_task())
+        return executor.submit(
+            execute_packed_task, self.methods[task.method], task.to_worker_task().pack()
+        )
 
     def _cleanup(self) -> None:
         executors, self._executors = list(self._executors.items()), {}

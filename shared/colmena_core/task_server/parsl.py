@@ -42,10 +42,9 @@ from colmena_core.models import (
     Result,
     WorkerInformation,
 )
-from colmena_core.models.execution import WorkerOutcome
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues
-from colmena_core.task_server.base import FutureBasedTaskServer, execute_task
+from colmena_core.task_server.base import FutureBasedTaskServer, execute_packed_task
 from colmena_core.task_server.local import method_name
 
 __all__ = ["ParslTaskServer"]
@@ -242,7 +241,7 @@ class ParslTaskServer(FutureBasedTaskServer):
     for ``{'executors': ['a']}``.
 
     **Technical details.** Each function becomes a ``PythonApp`` that runs the function
-    inside :func:`~colmena_core.task_server.base.execute_task` on a worker; a
+    inside :func:`~colmena_core.task_server.base.execute_packed_task` on a worker; a
     callback on the app's future sends the result back. An
     :class:`~colmena_core.models.ExecutableTask` runs as three apps, all with the
     options of the method:
@@ -337,7 +336,7 @@ class ParslTaskServer(FutureBasedTaskServer):
                     ),
                 )
             else:
-                self._apps[name] = PythonApp(_named(execute_task, name, function), **options)
+                self._apps[name] = PythonApp(_named(execute_packed_task, name, function), **options)
         logger.info("Parsl started with executors %s", sorted(self._dfk.executors))
 
     def _cleanup(self) -> None:
@@ -359,7 +358,7 @@ class ParslTaskServer(FutureBasedTaskServer):
             super()._cleanup()
 
     # ----------------------------------------------------------------- submission
-    def _submit(self, task: Result, topic: str) -> Future[Result] | Future[WorkerOutcome] | None:
+    def _submit(self, task: Result, topic: str) -> Future[Any] | None:
         assert self._dfk is not None, "the task server is not running"
         assert task.method is not None
         if task.method in self._executable_apps:
@@ -367,7 +366,8 @@ class ParslTaskServer(FutureBasedTaskServer):
             # so that the request kept for retries and failure reports stays untouched
             request = task.model_copy(deep=True)
             return self._submit_executable(self._executable_apps[task.method], request)
-        future: Future[WorkerOutcome] = self._apps[task.method](task.to_worker_task())
+        # One bytes object: Parsl's serializer (dill) is slow for anything structured
+        future: Future[bytes] = self._apps[task.method](task.to_worker_task().pack())
         return future
 
     def _submit_executable(self, apps: _ExecutableApps, request: Result) -> Future[Result]:

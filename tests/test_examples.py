@@ -1,0 +1,58 @@
+"""The example applications run end to end on pipes and a local Parsl HighThroughputExecutor."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+EXAMPLES = {
+    "quickstart": ["--guesses", "6"],
+    "batch": ["--batches", "2", "--batch-size", "3"],
+    "streaming": ["--budget", "6", "--parallel", "2"],
+    "interleaved": ["--budget", "6", "--parallel", "2"],
+    "reallocation": ["--slots", "2", "--budget", "6", "--retrain-every", "2"],
+}
+
+
+def run_example(name: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return subprocess.run(
+        [sys.executable, "-m", f"examples.{name}", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_runs_to_completion(name: str, tmp_path: Path) -> None:
+    process = run_example(name, EXAMPLES[name], tmp_path)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    match = re.search(r"Best point found: x = (\S+), f\(x\) = (\S+)", process.stdout)
+    assert match, process.stdout[-2000:]
+    assert float(match.group(2)) >= 0
+
+
+@pytest.mark.slow
+def test_quickstart_shows_progress_and_improves(tmp_path: Path) -> None:
+    process = run_example("quickstart", ["--guesses", "8"], tmp_path)
+    assert process.returncode == 0, process.stderr[-3000:]
+    progress = re.findall(
+        r"\[(\d+)/8\] f\(\S+\) = \S+; best so far f\(\S+\) = (\S+)", process.stderr
+    )
+    assert [int(step) for step, _ in progress] == list(range(1, 9))
+    best = [float(value) for _, value in progress]
+    assert best == sorted(best, reverse=True), "the best value never gets worse"
+    assert "Created a new guess" in process.stderr
