@@ -124,3 +124,24 @@ def test_small_inputs_and_json_tasks_do_not_use_proxies(store: Store[Any]) -> No
             warnings.simplefilter("error")
             _, proxies = result.serialize()
         assert proxies == []
+
+
+def test_proxied_inputs_are_evicted_once_the_result_arrives(store: Store[Any]) -> None:
+    from colmena_core.queue import PipeQueues
+    from colmena_core.task_server.base import run_and_record_timing
+
+    queues = PipeQueues(proxystore_name=store.name, proxystore_threshold=10_000, keep_inputs=False)
+    kept = PipeQueues(proxystore_name=store.name, proxystore_threshold=10_000, keep_inputs=True)
+    for q in (queues, kept):
+        q.send_inputs(b"x" * 50_000, method="size")
+        _, task = q.get_task(timeout=10)
+        q.send_result(run_and_record_timing(len, task))
+
+    # keep_inputs=False: the client evicts the input once the task is done
+    result = queues.get_result(timeout=10)
+    assert result is not None and result.value == 50_000
+    # keep_inputs=True: the result hands the proxy back, so it must still resolve
+    returned = kept.get_result(timeout=10)
+    assert returned is not None and returned.args[0] == b"x" * 50_000
+    stored = [f for f in Path(store.connector.store_dir).iterdir() if f.suffix != ".ready"]
+    assert len(stored) == 1, "only the input handed back to the client stays in the store"

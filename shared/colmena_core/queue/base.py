@@ -19,6 +19,8 @@ from collections.abc import Collection
 from enum import StrEnum
 from typing import Any
 
+from proxystore.store.utils import get_key
+
 from colmena_core.exceptions import TimeoutException
 from colmena_core.models import ResourceRequirements, Result, SerializationMethod
 from colmena_core.models.wire import MessageDecodeError, decode_result, encode_result
@@ -107,8 +109,15 @@ class ColmenaQueues(ABC):
         self._all_complete = threading.Event()
         self._all_complete.set()
         self._seen_results: OrderedDict[str, None] = OrderedDict()
+        self._input_proxies: dict[str, tuple[str, list[Any]]] = {}
 
-    _LOCAL_STATE = ("_active_lock", "_active_tasks", "_all_complete", "_seen_results")
+    _LOCAL_STATE: tuple[str, ...] = (
+        "_active_lock",
+        "_active_tasks",
+        "_all_complete",
+        "_seen_results",
+        "_input_proxies",
+    )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -128,6 +137,14 @@ class ColmenaQueues(ABC):
         results from a client or issuing requests from a server.
         """
         self.role = QueueRole(role)
+
+    def prepare_server(self, method_names: Collection[str]) -> None:  # noqa: B027 - optional hook
+        """Learn which methods the task server using these queues runs.
+
+        Task servers call it before reading their first task. Transports that route
+        requests by method (RabbitMQ) then take only the requests of these methods; the
+        others ignore it.
+        """
 
     def _check_role(self, allowed_role: QueueRole, calling_function: str) -> None:
         if self.role is not QueueRole.ANY and self.role is not allowed_role:
@@ -236,9 +253,13 @@ class ColmenaQueues(ABC):
             proxystore_threshold=threshold,
             proxystore_config=store_config,
         )
-        result.time_serialize_inputs, _ = result.serialize()
+        result.time_serialize_inputs, proxies = result.serialize()
         message = encode_result(result)
         self._mark_sent(result.task_id, topic)
+        if proxies and store_name is not None:
+            # Kept until the result arrives: a task run again must still find its inputs
+            with self._active_lock:
+                self._input_proxies[result.task_id] = (store_name, [get_key(p) for p in proxies])
         try:
             self._send_request(message, method, topic)
         except BaseException:
@@ -277,10 +298,26 @@ class ColmenaQueues(ABC):
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutException(f"No new result on topic {topic!r} within {timeout} s")
                 continue
+            self._release_input_proxies(result)
             result.time_deserialize_results = result.deserialize()
             result.mark_result_received()
             logger.info("Client received a %s result with topic %s", result.method, topic)
             return result
+
+    def _release_input_proxies(self, result: Result) -> None:
+        """Evict the proxied inputs of a finished task, unless the result hands them back."""
+        with self._active_lock:
+            entry = self._input_proxies.pop(result.task_id, None)
+        if entry is None or result.keep_inputs:
+            return
+        store = get_store(entry[0])
+        if store is None:
+            return
+        for key in entry[1]:
+            try:
+                store.evict(key)
+            except Exception:
+                logger.warning("Could not evict an input of task %s", result.task_id, exc_info=True)
 
     def send_kill_signal(self) -> None:
         """Tell the task servers to finish their in-flight tasks and stop."""

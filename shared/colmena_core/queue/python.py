@@ -37,7 +37,8 @@ class _Channel:
 
     def receive(self, timeout: float | None) -> bytes:
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.read_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+        # A multiprocessing lock treats a negative timeout as zero, so "forever" is None
+        if not self.read_lock.acquire(timeout=None if timeout is None else max(timeout, 0.0)):
             raise TimeoutException("Timed out waiting for another reader of the pipe")
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -86,7 +87,9 @@ class PipeQueues(ColmenaQueues):
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
         )
-        context = mp.get_context()
+        # Locks made by the "spawn" context may be shared with children of any start method;
+        # those of the "fork" context (Linux default before 3.14) cannot go to spawned ones.
+        context = mp.get_context("spawn")
         self._requests = _Channel(context)
         self._results = {topic: _Channel(context) for topic in self.topics}
 

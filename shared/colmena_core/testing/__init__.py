@@ -1,0 +1,1 @@
+"""Helpers for testing Colmena applications and transports: finding or starting services."""

@@ -1,0 +1,413 @@
+"""The RabbitMQ queues against a real broker: API, routing, isolation, processes and threads.
+
+The behaviour every transport shares is in ``test_queue_conformance.py`` and the delivery
+contract (crashes, restarts, bad input, long tasks) in ``test_delivery_contract.py``. Task
+servers run as real processes; tests synchronise on results, events and joins, never on
+sleeps, and every wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import pytest
+
+from colmena_core.exceptions import KillSignalException, TimeoutException
+from colmena_core.models import Result
+from colmena_core.models.wire import encode_result
+from colmena_core.queue import RabbitMQQueues
+from colmena_core.queue.base import ColmenaQueues
+from colmena_core.queue.rabbitmq import (
+    BROKER_URL_VARIABLE,
+    BrokerConnectionError,
+    CampaignNames,
+    list_dead_letters,
+    queue_depths,
+)
+from colmena_core.task_server.local import LocalTaskServer
+from colmena_core.testing.brokers import ThrowawayCampaign
+
+WAIT = 30.0
+"""Timeout, in seconds, of every wait that is expected to succeed."""
+
+
+# ----------------------------------------------------------------- methods
+def add(a: int, b: int) -> tuple[int, int]:
+    """Sum, and the process that computed it."""
+    return a + b, os.getpid()
+
+
+def mul(a: int, b: int) -> tuple[int, int]:
+    """Product, and the process that computed it."""
+    return a * b, os.getpid()
+
+
+class Gated:
+    """A method whose task 0 waits for the test to open a gate; the others run at once."""
+
+    def __init__(self) -> None:
+        self.__name__ = "gated"
+        self.gate = mp.Event()
+
+    def __call__(self, index: int) -> tuple[int, int]:
+        if index == 0 and not self.gate.wait(WAIT):
+            raise TimeoutError("the gate was never opened")
+        return index, os.getpid()
+
+
+def serve_until_killed(queues: ColmenaQueues) -> None:
+    """A bare task server loop running ``add`` (used in a spawned child process)."""
+    while True:
+        try:
+            _, task = queues.get_task(timeout=WAIT)
+        except KillSignalException:
+            return
+        task.deserialize()
+        task.set_result(add(*task.args))
+        queues.send_result(task)
+
+
+# ---------------------------------------------------------------- fixtures
+@pytest.fixture
+def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
+    """A campaign of this test only, deleted from the broker afterwards."""
+    with ThrowawayCampaign(rabbitmq_url, "queues-test") as campaign:
+        yield campaign
+
+
+ServerFactory = Callable[..., LocalTaskServer]
+
+
+@pytest.fixture
+def start_server() -> Iterator[ServerFactory]:
+    """Start ``LocalTaskServer`` processes; any still running at the end is killed."""
+    started: list[LocalTaskServer] = []
+
+    def start(queues: ColmenaQueues, methods: list[Any], **options: Any) -> LocalTaskServer:
+        options.setdefault("num_workers", 2)
+        options.setdefault("pool", "thread")
+        server = LocalTaskServer(methods, queues, **options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.is_alive():
+            server.kill()
+        server.join(WAIT)
+
+
+def receive(queues: ColmenaQueues, count: int, topic: str = "default") -> list[Result]:
+    """Receive ``count`` results of one topic."""
+    results = [queues.get_result(topic, timeout=WAIT) for _ in range(count)]
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+def assert_nothing_more(queues: ColmenaQueues, topic: str = "default") -> None:
+    with pytest.raises(TimeoutException):
+        queues.get_result(topic, timeout=0.5)
+
+
+def stop(queues: ColmenaQueues, *servers: LocalTaskServer) -> None:
+    """Send the kill signal and check that every server stops cleanly."""
+    queues.send_kill_signal()
+    for server in servers:
+        server.join(WAIT)
+        assert server.exitcode == 0, f"{server.name} exited with {server.exitcode}"
+
+
+# --------------------------------------------------------------- settings
+def test_url_comes_from_the_argument_then_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(BROKER_URL_VARIABLE, "amqp://user:pw@broker.invalid:5672/%2F")
+    assert RabbitMQQueues().url == "amqp://user:pw@broker.invalid:5672/%2F"
+    assert RabbitMQQueues(url="amqp://other:5672").url == "amqp://other:5672"
+    monkeypatch.delenv(BROKER_URL_VARIABLE)
+    assert RabbitMQQueues().url.startswith("amqp://guest:guest@localhost:5672")
+
+
+def test_names_are_checked_and_escaped() -> None:
+    for campaign in ("a.b", "", "x" * 101, "with space", "-starts-with-dash"):
+        with pytest.raises(ValueError, match="campaign"):
+            RabbitMQQueues(campaign=campaign)
+    with pytest.raises(ValueError, match="client_id"):
+        RabbitMQQueues(client_id="thinker.1")
+    with pytest.raises(ValueError, match="single string"):
+        RabbitMQQueues(methods="simulate")
+
+    queues = RabbitMQQueues(["v1.2", "#all"], campaign="demo", client_id="thinker-1")
+    assert queues.client_id == "thinker-1" and queues.campaign == "demo"
+    names = CampaignNames("demo")
+    # A dot or a wildcard in a topic must not change the meaning of the routing key
+    assert names.result_routing_key("thinker-1", "v1.2") == "thinker-1.v1%2E2"
+    assert names.result_routing_key("thinker-1", "#all") == "thinker-1.%23all"
+    assert names.request_queue("simulate") == "colmena.demo.requests.simulate"
+    assert RabbitMQQueues().client_id != RabbitMQQueues().client_id  # random by default
+
+
+def test_connects_lazily_and_pickles_before_and_after_connecting(
+    campaign: ThrowawayCampaign,
+) -> None:
+    queues = campaign.queues(["a"])
+    assert not queues.is_connected
+    copy = pickle.loads(pickle.dumps(queues))
+    assert (copy.client_id, copy.campaign, copy.topics) == (
+        queues.client_id,
+        queues.campaign,
+        queues.topics,
+    )
+
+    queues.connect()
+    assert queues.is_connected
+    copy = pickle.loads(pickle.dumps(queues))
+    assert not copy.is_connected  # a copy connects on its own, in its own process
+    copy.disconnect()
+
+
+def test_unreachable_broker_is_reported(campaign: ThrowawayCampaign) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queues = RabbitMQQueues(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=1.0)
+    start = time.monotonic()
+    with pytest.raises(BrokerConnectionError, match="Could not connect"):
+        queues.send_inputs(1, 2, method="add")
+    assert time.monotonic() - start < 10
+    assert queues.active_count == 0
+    queues.disconnect(timeout=1)
+
+
+@pytest.mark.parametrize("timeout", [0.0, 0.25])
+def test_sub_second_timeouts_are_honoured(campaign: ThrowawayCampaign, timeout: float) -> None:
+    queues = campaign.queues(["a"])
+    queues.connect()
+    for wait in (
+        lambda: queues.get_result(timeout=timeout),
+        lambda: queues.get_result("a", timeout=timeout),
+        lambda: queues.get_task(timeout=timeout),
+    ):
+        start = time.monotonic()
+        with pytest.raises(TimeoutException):
+            wait()
+        assert timeout * 0.9 <= time.monotonic() - start < timeout + 0.5
+
+
+# ----------------------------------------------------------------- routing
+def test_campaigns_on_one_broker_are_isolated(rabbitmq_url: str) -> None:
+    with ThrowawayCampaign(rabbitmq_url) as first, ThrowawayCampaign(rabbitmq_url) as second:
+        thinker = first.queues(client_id="thinker", methods=["add"])
+        other = second.queues(client_id="thinker", methods=["add"])
+        task_id = thinker.send_inputs(1, 2, method="add")
+        other.send_inputs(5, 5, method="add")
+
+        _, task = other.get_task(timeout=WAIT)  # the other campaign sees only its own task
+        assert task.task_id != task_id
+        with pytest.raises(TimeoutException):
+            other.get_task(timeout=0.5)
+        task.set_result(10)
+        other.send_result(task)
+
+        _, task = thinker.get_task(timeout=WAIT)
+        assert task.task_id == task_id
+        task.set_result(3)
+        thinker.send_result(task)
+        result = thinker.get_result(timeout=WAIT)
+        assert result is not None and (result.task_id, result.value) == (task_id, 3)
+        assert_nothing_more(thinker)
+        result = other.get_result(timeout=WAIT)
+        assert result is not None and result.value == 10
+
+
+def test_requests_are_routed_by_method(
+    campaign: ThrowawayCampaign, start_server: ServerFactory
+) -> None:
+    thinker = campaign.queues(methods=["add", "mul"])
+    adder = start_server(campaign.queues(), [add])
+    multiplier = start_server(campaign.queues(), [mul])
+
+    sent = {
+        thinker.send_inputs(i, 3, method=method): method
+        for i in range(10)
+        for method in ("add", "mul")
+    }
+    results = receive(thinker, len(sent))
+    assert {r.task_id for r in results} == set(sent)
+    for result in results:
+        assert result.success, result.failure_info
+        value, pid = result.value
+        expected_server = adder if result.method == "add" else multiplier
+        assert pid == expected_server.pid, f"{result.method} ran on the wrong task server"
+        assert value == (result.args[0] + 3 if result.method == "add" else result.args[0] * 3)
+    stop(thinker, adder, multiplier)
+
+
+def test_task_servers_of_one_method_share_its_work(
+    campaign: ThrowawayCampaign, start_server: ServerFactory
+) -> None:
+    gated = Gated()
+    thinker = campaign.queues(methods=["gated"])
+    servers = [start_server(campaign.queues(prefetch=1), [gated], num_workers=1) for _ in range(2)]
+
+    first = thinker.send_inputs(0, method="gated")  # holds its server until the gate opens
+    second = thinker.send_inputs(1, method="gated")  # so only the other server can take it
+    result = thinker.get_result(timeout=WAIT)
+    assert result is not None and result.task_id == second, result
+    gated.gate.set()
+    other = thinker.get_result(timeout=WAIT)
+    assert other is not None and other.task_id == first, other
+    assert {result.value[1], other.value[1]} == {server.pid for server in servers}
+    stop(thinker, *servers)
+
+
+def test_kill_signal_reaches_every_task_server(
+    campaign: ThrowawayCampaign, start_server: ServerFactory
+) -> None:
+    thinker = campaign.queues(methods=["add", "mul"])
+    servers = [start_server(campaign.queues(), [add]) for _ in range(2)]
+    servers.append(start_server(campaign.queues(), [mul]))
+    # One result from each method proves the servers listen; enough tasks reach both adders
+    for i in range(40):
+        thinker.send_inputs(i, 1, method="add")
+    thinker.send_inputs(2, 2, method="mul")
+    receive(thinker, 41)
+
+    thinker.send_kill_signal()
+    for server in servers:
+        server.join(WAIT)
+        assert server.exitcode == 0
+
+
+def test_request_sent_before_its_server_started_reaches_it(
+    campaign: ThrowawayCampaign, start_server: ServerFactory
+) -> None:
+    # The thinker does not declare methods: a request for a method with no queue yet
+    # waits among the unrouted requests...
+    thinker = campaign.queues()
+    task_id = thinker.send_inputs(3, 4, method="mul")
+    # ...the queue of its method appears (as when a server of it starts)...
+    campaign.queues(methods=["mul"]).connect()
+    # ...and a server of another method, finding it unrouted, sends it on to that queue
+    adder = start_server(campaign.queues(), [add])
+    multiplier = start_server(campaign.queues(), [mul])
+    result = thinker.get_result(timeout=WAIT)
+    assert result is not None and result.task_id == task_id
+    assert result.success, result.failure_info
+    assert result.value == (12, multiplier.pid)
+    stop(thinker, adder, multiplier)
+
+
+# ------------------------------------------------------ processes, threads
+def test_pickled_into_a_spawned_child_process(campaign: ThrowawayCampaign) -> None:
+    queues = campaign.queues(["a"])
+    queues.connect()  # the copy must make its own connection
+    child = mp.get_context("spawn").Process(target=serve_until_killed, args=(queues,))
+    child.start()
+    try:
+        sent = {queues.send_inputs(i, i, method="add", topic="a"): 2 * i for i in range(5)}
+        results = receive(queues, 5, topic="a")
+        assert {r.task_id: r.value[0] for r in results} == sent
+        assert all(r.value[1] == child.pid for r in results)
+        queues.send_kill_signal()
+        child.join(WAIT)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(WAIT)
+
+
+def test_many_agent_threads_share_one_queue_object(
+    campaign: ThrowawayCampaign, start_server: ServerFactory
+) -> None:
+    agents, per_agent = 16, 20
+    topics = [f"agent{i}" for i in range(agents)]
+    thinker = campaign.queues(topics, methods=["add"])
+    server = start_server(campaign.queues(), [add], num_workers=4)
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(agents)
+
+    def agent(topic: str, offset: int) -> None:
+        try:
+            barrier.wait(WAIT)
+            sent = {
+                thinker.send_inputs(offset, i, method="add", topic=topic): offset + i
+                for i in range(per_agent)
+            }
+            results = receive(thinker, per_agent, topic)
+            assert {r.task_id: r.value[0] for r in results} == sent
+            assert all(r.topic == topic for r in results)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=agent, args=(t, 1000 * i)) for i, t in enumerate(topics)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT * 2)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert thinker.wait_until_done(timeout=0)
+    stop(thinker, server)
+
+
+def test_disconnect_waits_for_every_confirmation_then_reconnects_on_use(
+    campaign: ThrowawayCampaign,
+) -> None:
+    thinker = campaign.queues(methods=["add"])
+    for i in range(300):
+        thinker.send_inputs(i, 1, method="add")
+    thinker.disconnect()  # returns once the broker has confirmed all of them
+    assert not thinker.is_connected
+    depths = queue_depths(campaign.url, campaign.name, methods=["add"])
+    assert depths[campaign.queues().names.request_queue("add")] == 300
+
+    thinker.send_inputs(0, 0, method="add")  # usable again: connects on use
+    assert thinker.is_connected
+    thinker.flush()
+    assert (
+        queue_depths(campaign.url, campaign.name, methods=["add"])[
+            thinker.names.request_queue("add")
+        ]
+        == 0
+    )
+
+
+# ------------------------------------------------------------- dead letters
+def test_unroutable_result_is_dead_lettered(campaign: ThrowawayCampaign) -> None:
+    server = campaign.queues(methods=["add"])
+    server.connect()  # declares the campaign's exchanges and the queue of "add"
+    request = Result(((1, 2), {}), method="add")
+    request.serialize()
+    connection = pika.BlockingConnection(pika.URLParameters(campaign.url))
+    try:  # a request whose reply address has no result queue
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            server.names.requests_exchange, "add", encode_result(request),
+            pika.BasicProperties(delivery_mode=2, reply_to="nobody-home"),
+        )  # fmt: skip
+    finally:
+        connection.close()
+
+    _, task = server.get_task(timeout=WAIT)
+    task.set_result(3)
+    server.send_result(task)
+    server.disconnect()  # waits for the confirmation, hence for the dead-lettering
+
+    letters = list_dead_letters(campaign.url, campaign.name)
+    assert [(d.reason, d.task_id, d.routing_keys) for d in letters] == [
+        ("unroutable-result", task.task_id, ["nobody-home.default"])
+    ]
+    # Listing leaves them in place
+    assert [d.body for d in server.dead_letters()] == [letters[0].body]
