@@ -111,8 +111,8 @@ def amqp_answers(url: str, timeout: float = 2.0) -> bool:
 
 def docker_engine_answers(timeout: float = 2.0) -> bool:
     """Whether a Docker engine answers (so that testcontainers can start a broker)."""
-    try:
-        import docker  # type: ignore[import-untyped]  # installed with testcontainers
+    try:  # installed with testcontainers; untyped, hence imported by name
+        docker: Any = importlib.import_module("docker")
     except ImportError:
         return False
     try:
