@@ -1,0 +1,115 @@
+"""The demo campaign: the quickstart's search for the minimum of f(x) = x**2.
+
+It is what ``make demo`` and ``examples/quickstart.py`` run on pipes, and what the services
+run through RabbitMQ (``docker compose up``, the local launcher)::
+
+    colmena taskserver --methods colmena_services.demo:METHODS \\
+                       --parsl-config colmena_services.demo:parsl_config
+    colmena thinker --factory colmena_services.demo:make_thinker --topics generate,simulate
+
+A producer agent asks the task server for a new guess near the best point so far and sends
+it to be evaluated; a consumer agent reads the evaluations and keeps the best one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from math import inf
+from random import random
+from typing import Any
+
+from colmena_core.queue import ColmenaQueues
+from colmena_core.thinker import BaseThinker, agent
+
+TOPICS = ("generate", "simulate")
+
+
+def target_function(x: float) -> float:
+    """The function to minimize."""
+    return x**2
+
+
+def task_generator(best_to_date: float) -> float:
+    """A new point within ±0.5 of the best so far."""
+    from random import random
+
+    return best_to_date + random() - 0.5
+
+
+METHODS = [target_function, task_generator]
+
+
+class Thinker(BaseThinker):
+    """The two agents of the quickstart."""
+
+    def __init__(self, queues: ColmenaQueues, guesses: int = 40) -> None:
+        super().__init__(queues)
+        self.remaining_guesses = guesses
+        self.best_guess = 1.0 + 2.0 * random()  # start a few steps away from the minimum
+        self.best_result = inf
+
+    @agent
+    def consumer(self) -> None:
+        for i in range(self.remaining_guesses):
+            result = self.queues.get_result(topic="simulate")
+            assert result is not None
+            if not result.success:
+                self.logger.warning("Evaluation failed: %s", result.failure_info)
+                continue
+            if result.value < self.best_result:
+                self.best_result = result.value
+                self.best_guess = result.args[0]
+            self.logger.info(
+                "[%d/%d] f(%.3f) = %.4f; best so far f(%.3f) = %.4f",
+                i + 1,
+                self.remaining_guesses,
+                result.args[0],
+                result.value,
+                self.best_guess,
+                self.best_result,
+            )
+
+    @agent
+    def producer(self) -> None:
+        while not self.done.is_set():
+            self.queues.send_inputs(self.best_guess, method="task_generator", topic="generate")
+            result = self.queues.get_result(topic="generate")
+            assert result is not None
+            self.logger.info("Created a new guess: %.2f", result.value)
+            self.queues.send_inputs(result.value, method="target_function", topic="simulate")
+
+    def summary(self) -> str:
+        """What the campaign found."""
+        return f"Best point found: x = {self.best_guess:.4f}, f(x) = {self.best_result:.6f}"
+
+
+def make_thinker(queues: ColmenaQueues) -> Thinker:
+    """Thinker factory for the thinker service (``COLMENA_DEMO_GUESSES`` sets the budget)."""
+    return Thinker(queues, guesses=int(os.environ.get("COLMENA_DEMO_GUESSES", "40")))
+
+
+def parsl_config(workers: int = 2, run_dir: str | None = None) -> Any:
+    """A HighThroughputExecutor with ``workers`` worker processes on this host."""
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    # Parsl starts its interchange and workers by script name from this interpreter's bin/
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+    return Config(
+        executors=[
+            HighThroughputExecutor(
+                label="htex",
+                address="127.0.0.1",
+                max_workers_per_node=int(os.environ.get("COLMENA_DEMO_WORKERS", workers)),
+                provider=LocalProvider(init_blocks=1, max_blocks=1),
+            )
+        ],
+        strategy="none",
+        run_dir=run_dir or tempfile.mkdtemp(prefix="colmena-parsl-"),
+        initialize_logging=False,
+    )
