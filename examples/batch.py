@@ -12,7 +12,7 @@ import argparse
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.thinker import BaseThinker, agent
-from examples.common import configure_logging, local_parsl_config
+from examples.common import configure_logging, local_parsl_config, run_campaign
 from examples.optimizers import best_of, propose, simulate
 
 
@@ -47,13 +47,7 @@ def main() -> None:
     queues = PipeQueues()
     doer = ParslTaskServer([simulate], queues, local_parsl_config())
     thinker = BatchThinker(queues, args.batches, args.batch_size)
-    try:
-        doer.start()
-        thinker.start()
-        thinker.join()
-    finally:
-        queues.send_kill_signal()
-    doer.join()
+    run_campaign(queues, doer, thinker)
     x, fx = best_of(thinker.database)
     print(
         f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} evaluations"

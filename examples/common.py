@@ -1,40 +1,38 @@
-"""Pieces shared by the examples: a local Parsl configuration and the choice of queues."""
+"""Pieces shared by the examples: a local Parsl configuration, the choice of queues, and
+running a thinker with its task server."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
-import tempfile
 from collections.abc import Collection
 from pathlib import Path
 
 from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
-from parsl.providers import LocalProvider
 
 from colmena_core.queue import ColmenaQueues, PipeQueues
+from colmena_core.task_server.base import BaseTaskServer
+from colmena_core.task_server.parsl import local_config
+from colmena_core.thinker import BaseThinker
 
 
 def local_parsl_config(workers: int = 2, run_dir: str | None = None) -> Config:
-    """A HighThroughputExecutor with ``workers`` worker processes on this machine."""
-    # Parsl launches its helper scripts by name: make sure this interpreter's bin/ is on PATH,
-    # and its workers import the examples' functions by module: put the repository on their path
-    _prepend_env("PATH", os.path.dirname(sys.executable))
+    """A local HighThroughputExecutor whose workers can import the examples' functions."""
+    # Workers import functions defined in these modules by name: put the repository on
+    # their path (they inherit this process's environment)
     _prepend_env("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
-    return Config(
-        executors=[
-            HighThroughputExecutor(
-                label="htex",
-                address="127.0.0.1",
-                max_workers_per_node=workers,
-                provider=LocalProvider(init_blocks=1, max_blocks=1),
-            )
-        ],
-        strategy="none",
-        run_dir=run_dir or tempfile.mkdtemp(prefix="colmena-parsl-"),
-        initialize_logging=False,
-    )
+    return local_config(workers, run_dir)
+
+
+def run_campaign(queues: ColmenaQueues, doer: BaseTaskServer, thinker: BaseThinker) -> None:
+    """Start the task server and the thinker, wait for the thinker, then stop the server."""
+    try:
+        doer.start()
+        thinker.start()
+        thinker.join()
+    finally:
+        queues.send_kill_signal()
+    doer.join()
 
 
 def _prepend_env(name: str, entry: str) -> None:

@@ -16,7 +16,7 @@ import os
 
 from colmena_core.task_server import ParslTaskServer
 from colmena_services.demo import METHODS, TOPICS, Thinker
-from examples.common import configure_logging, local_parsl_config, make_queues
+from examples.common import configure_logging, local_parsl_config, make_queues, run_campaign
 
 
 def main() -> None:
@@ -31,14 +31,10 @@ def main() -> None:
     doer = ParslTaskServer(METHODS, queues, local_parsl_config())
     thinker = Thinker(queues, guesses=args.guesses)
     where = "RabbitMQ" if args.broker_url else "Python pipes"
-    logging.info("Searching for the minimum of x**2 with %d evaluations over %s", args.guesses, where)
-    try:
-        doer.start()
-        thinker.start()
-        thinker.join()
-    finally:
-        queues.send_kill_signal()
-    doer.join()
+    logging.info(
+        "Searching for the minimum of x**2 with %d evaluations over %s", args.guesses, where
+    )
+    run_campaign(queues, doer, thinker)
     print(thinker.summary())
 
 

@@ -22,7 +22,7 @@ from colmena_core.thinker import (
     result_processor,
     task_submitter,
 )
-from examples.common import configure_logging, local_parsl_config
+from examples.common import configure_logging, local_parsl_config, run_campaign
 from examples.optimizers import best_of, propose, simulate
 
 
@@ -109,13 +109,7 @@ def main() -> None:
     queues = PipeQueues(topics=["simulation", "ml"])
     doer = ParslTaskServer([simulate, train], queues, local_parsl_config(workers=args.slots))
     thinker = ReallocatingThinker(queues, args.slots, args.budget, args.retrain_every)
-    try:
-        doer.start()
-        thinker.start()
-        thinker.join()
-    finally:
-        queues.send_kill_signal()
-    doer.join()
+    run_campaign(queues, doer, thinker)
     x, fx = best_of(thinker.database)
     print(
         f"Best point found: x = {x:.4f}, f(x) = {fx:.6f} after {len(thinker.database)} "

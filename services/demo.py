@@ -14,8 +14,6 @@ it to be evaluated; a consumer agent reads the evaluations and keeps the best on
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 from math import inf
 from random import random
 from typing import Any
@@ -91,25 +89,7 @@ def make_thinker(queues: ColmenaQueues) -> Thinker:
 
 
 def parsl_config(workers: int = 2, run_dir: str | None = None) -> Any:
-    """A HighThroughputExecutor with ``workers`` worker processes on this host."""
-    from parsl.config import Config
-    from parsl.executors import HighThroughputExecutor
-    from parsl.providers import LocalProvider
+    """A HighThroughputExecutor with ``workers`` (or ``COLMENA_DEMO_WORKERS``) local workers."""
+    from colmena_core.task_server.parsl import local_config
 
-    # Parsl starts its interchange and workers by script name from this interpreter's bin/
-    bin_dir = os.path.dirname(sys.executable)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
-    return Config(
-        executors=[
-            HighThroughputExecutor(
-                label="htex",
-                address="127.0.0.1",
-                max_workers_per_node=int(os.environ.get("COLMENA_DEMO_WORKERS", workers)),
-                provider=LocalProvider(init_blocks=1, max_blocks=1),
-            )
-        ],
-        strategy="none",
-        run_dir=run_dir or tempfile.mkdtemp(prefix="colmena-parsl-"),
-        initialize_logging=False,
-    )
+    return local_config(int(os.environ.get("COLMENA_DEMO_WORKERS", workers)), run_dir)

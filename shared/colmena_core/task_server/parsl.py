@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -30,6 +31,8 @@ try:
     from parsl.app.python import PythonApp
     from parsl.config import Config
     from parsl.dataflow.dflow import DataFlowKernel
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "The Parsl task server needs Parsl: install it with `pip install colmena-core[parsl]`"
@@ -449,3 +452,38 @@ def _check_labels(requested: Sequence[str], labels: Sequence[str], where: str) -
         raise ValueError(
             f"{where} name executors missing from the Parsl config: {unknown}; it has {sorted(labels)}"
         )
+
+
+def local_config(
+    workers: int = 2, run_dir: str | None = None, label: str = "htex", **executor_options: Any
+) -> Config:
+    """A HighThroughputExecutor with ``workers`` worker processes on this machine.
+
+    The quickest way to run a campaign on a laptop or a login node: workers listen on the
+    loopback address, and this interpreter's ``bin/`` is put on ``PATH`` because Parsl
+    starts its interchange and workers by script name (an interpreter run without its
+    environment activated would not find them).
+
+    Args:
+        workers: Worker processes
+        run_dir: Where Parsl writes its logs (default: a new temporary directory)
+        label: Label of the executor
+        executor_options: More options for the HighThroughputExecutor
+    """
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+    return Config(
+        executors=[
+            HighThroughputExecutor(
+                label=label,
+                address="127.0.0.1",
+                max_workers_per_node=workers,
+                provider=LocalProvider(init_blocks=1, max_blocks=1),
+                **executor_options,
+            )
+        ],
+        strategy="none",
+        run_dir=run_dir or tempfile.mkdtemp(prefix="colmena-parsl-"),
+        initialize_logging=False,
+    )
