@@ -2,17 +2,20 @@
 # Make sure the servers the test suite runs against can be found or started.
 # The suite uses a running RabbitMQ/Redis when one answers on localhost, and otherwise starts
 # throwaway ones from these executables; here we only check the executables are installed.
+# Debian's Chromium runs the dashboard's browser test (Playwright drives it; it never
+# downloads a browser of its own).
 set -euo pipefail
 
 missing=()
 [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "Installing ${missing[*]} (the test suite starts throwaway brokers from them)"
+    echo "Installing ${missing[*]} (the test suite needs them)"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,192 @@
+"""Pieces every service needs: loading user code by import path, settings shared by all
+services, a health endpoint for probes, and clean exits on configuration errors.
+
+Nothing here knows about a particular service.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
+
+
+class ServiceConfigError(Exception):
+    """The service cannot start with the settings it was given; the message says why."""
+
+
+class ServiceSettings(BaseSettings):
+    """Settings every service shares: where the broker is and which campaign to join."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="COLMENA_",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="ignore",
+    )
+
+    broker_url: str = Field(
+        default=DEFAULT_BROKER_URL,
+        description="AMQP URL of the RabbitMQ broker (amqp:// or amqps://)",
+    )
+    campaign: str = Field(
+        default="default",
+        description="Campaign name; campaigns that share a broker never see each other's messages",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+    log_level: str = Field(
+        default="INFO", description="Logging level (DEBUG, INFO, WARNING, ERROR)"
+    )
+    connect_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds to wait for the broker at start-up before giving up",
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    def configure_logging(self) -> None:
+        """Log to stderr at the configured level, quieter for the engines we drive."""
+        logging.basicConfig(
+            level=self.log_level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+            force=True,
+        )
+        if self.log_level != "DEBUG":
+            for noisy in ("parsl", "uvicorn.access"):
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+            # pika logs every failed connection attempt with a traceback; the queues report
+            # connection trouble themselves, once, in plain words
+            logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def redacted(url: str) -> str:
+    """A broker URL with its password hidden, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+def load_object(path: str, what: str = "object") -> Any:
+    """Load ``module:attribute`` (or ``file.py:attribute``) and return the attribute.
+
+    Raises:
+        ServiceConfigError: the path is malformed, the module cannot be imported, or it has
+            no such attribute
+    """
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ServiceConfigError(f"The {what} {path!r} must look like 'package.module:NAME'")
+    try:
+        if module_name.endswith(".py"):
+            file = Path(module_name)
+            if not file.is_file():
+                raise ServiceConfigError(f"The {what} {path!r} names a file that does not exist")
+            spec = importlib.util.spec_from_file_location(file.stem, file)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[file.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ServiceConfigError:
+        raise
+    except Exception as exc:
+        raise ServiceConfigError(
+            f"Cannot import the module of the {what} {path!r}: {exc!r}"
+        ) from exc
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ServiceConfigError(
+                f"The module {module_name!r} has no attribute {attribute!r} (the {what})"
+            ) from None
+    return target
+
+
+Check = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+class HealthServer:
+    """A tiny HTTP server for probes: ``GET /healthz`` (liveness) and ``GET /readyz``.
+
+    Each check returns whether the service is healthy (ready) and details shown as JSON;
+    the status is 200 or 503. Port 0 picks a free port (see :attr:`port`).
+    """
+
+    def __init__(self, host: str, port: int, liveness: Check, readiness: Check) -> None:
+        checks = {"/healthz": liveness, "/livez": liveness, "/readyz": readiness}
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                check = checks.get(self.path.split("?", 1)[0])
+                if check is None:
+                    self.send_error(404, "Not found: use /healthz or /readyz")
+                    return
+                try:
+                    ok, details = check()
+                except Exception as exc:  # a failing check is an unhealthy service
+                    ok, details = False, {"error": repr(exc)}
+                body = json.dumps({"status": "ok" if ok else "unavailable", **details}).encode()
+                self.send_response(200 if ok else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug("health: " + format, *args)
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        return int(self._server.server_address[1])
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        logger.info("Health endpoints on port %d (/healthz, /readyz)", self.port)
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,1 @@
+"""The gateway's HTTP API, versioned under ``/api/v1``: one module of routes per resource."""

@@ -1,0 +1,155 @@
+"""Watch results as they arrive, read-only: copies that take nothing from anyone.
+
+``scope=own`` (the default) shows the results addressed to the calling client;
+``scope=campaign`` shows every result of the campaign and needs a monitoring client
+(``COLMENA_GATEWAY_MONITORS``). Copies are best-effort: a watcher that is slow or away
+misses results, which stay in their clients' queues regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, HTTPException, Query, WebSocket, status
+from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+
+from colmena_core.queue.monitor import ResultSummary
+
+from ...models import ErrorMessage, MonitoredResult, finite_json
+from ...service import CLIENT_PREFIX, GatewayService
+from ..deps import Gateway, StreamClient, websocket_client
+
+router = APIRouter(prefix="/monitor", tags=["monitor"])
+
+Scope = Annotated[
+    Literal["own", "campaign"],
+    Query(description="'own': this client's results; 'campaign': every result (monitors only)"),
+]
+
+_BUFFER = 1000
+"""Copies a slow watcher may lag behind before the oldest are dropped."""
+
+
+class _Copies:
+    """Copies of results for one watcher, handed from the monitor's thread to the loop."""
+
+    def __init__(self, gateway: GatewayService, client: str, campaign_wide: bool) -> None:
+        self._gateway = gateway
+        self._client = client
+        self._campaign_wide = campaign_wide
+        self._loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[MonitoredResult] = asyncio.Queue(_BUFFER)
+
+    def __call__(self, summary: ResultSummary) -> None:  # runs in the monitor's thread
+        if self._gateway.visible_to(self._client, summary, self._campaign_wide):
+            self._loop.call_soon_threadsafe(self._put, summary)
+
+    def _put(self, summary: ResultSummary) -> None:
+        if self.queue.full():
+            self.queue.get_nowait()
+        result = MonitoredResult.from_summary(summary)
+        if summary.client_id:
+            result.client = summary.client_id.removeprefix(CLIENT_PREFIX)
+        self.queue.put_nowait(result)
+
+    async def get(self, timeout: float) -> MonitoredResult | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+
+def _allowed(gateway: GatewayService, client: str, scope: str) -> bool:
+    return scope == "own" or gateway.is_monitor(client)
+
+
+@router.get(
+    "/sse",
+    responses={
+        200: {
+            "description": "An event stream: one `result` event per result copy",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        401: {"model": ErrorMessage, "description": "No valid token"},
+        403: {"model": ErrorMessage, "description": "scope=campaign needs a monitoring client"},
+    },
+    summary="Watch results (SSE)",
+)
+async def watch_results_sse(
+    client: StreamClient, gateway: Gateway, scope: Scope = "own"
+) -> EventSourceResponse:
+    """Copies of results as Server-Sent Events named ``result``."""
+    if not _allowed(gateway, client, scope):
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="scope=campaign needs a monitoring client"
+        )
+    copies = _Copies(gateway, client, scope == "campaign")
+
+    async def events() -> AsyncIterator[bytes]:
+        with gateway.streams.open(client, "monitor-sse"):
+            unsubscribe = gateway.watch(copies)
+            try:
+                yield format_sse_event(comment="connected", retry=2000)
+                while True:
+                    result = await copies.get(15.0)
+                    if result is None:
+                        yield KEEPALIVE_COMMENT
+                        continue
+                    yield format_sse_event(
+                        data_str=json.dumps(finite_json(result.model_dump(mode="json"))),
+                        event="result",
+                        id=result.task_id,
+                    )
+            finally:
+                unsubscribe()
+
+    return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
+
+
+@router.websocket("/ws")
+async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") -> None:
+    """Copies of results as ``{"type": "result", "result": {...}}`` messages.
+
+    Closes with code 1008 when the token is missing or invalid, or when ``scope=campaign``
+    is asked by a client that may not watch the whole campaign.
+    """
+    gateway: GatewayService = websocket.app.state.gateway
+    await websocket.accept()
+    client = websocket_client(websocket)
+    if client is None or not _allowed(gateway, client, scope):
+        gateway.metrics.errors.labels("1008").inc()
+        reason = "Invalid or missing token" if client is None else "Not a monitoring client"
+        await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
+        return
+    copies = _Copies(gateway, client, scope == "campaign")
+
+    async def forward() -> None:
+        while True:
+            result = await copies.get(15.0)
+            if result is not None:
+                await websocket.send_text(
+                    json.dumps({"type": "result", "result": result.model_dump(mode="json")})
+                )
+
+    async def until_closed() -> None:
+        while (await websocket.receive())["type"] != "websocket.disconnect":
+            pass
+
+    with gateway.streams.open(client, "monitor-ws"):
+        unsubscribe = gateway.watch(copies)
+        tasks = [asyncio.create_task(forward()), asyncio.create_task(until_closed())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            unsubscribe()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+    with contextlib.suppress(Exception):
+        await websocket.close()

@@ -1,0 +1,435 @@
+"""What the gateway does, behind its HTTP routes: submit tasks, stream results, watch.
+
+:class:`GatewayService` holds the broker link, the campaign monitor, the per-client queue
+objects and the metrics of one gateway. It keeps no state a restart would lose: tasks are
+in the broker once a submission is answered, and results stay in the broker until they
+have been written to their API client.
+
+Each API client ``<name>`` is a Colmena client of the campaign with the stable client ID
+``api-<name>``: its results wait in its own durable queues (one per topic) whether or not
+it is connected, and whichever gateway process is running delivers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pika
+
+from colmena_core.models import Result, SerializationMethod
+from colmena_core.models.wire import MessageDecodeError, encode_result
+from colmena_core.queue.base import QueueRole
+from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize_result
+from colmena_core.queue.rabbitmq import CampaignNames, RabbitMQQueues
+
+from .broker import BrokerLink, BrokerUnavailableError, Delivery, Subscription
+from .metrics import GatewayMetrics
+from .models import (
+    CampaignStatus,
+    DeadLetterInfo,
+    MethodInfo,
+    ServerInfo,
+    TaskRequest,
+    TaskResult,
+)
+from .settings import GatewaySettings
+
+logger = logging.getLogger(__name__)
+
+REQUEST_CONTENT_TYPE = "application/vnd.colmena"
+"""Content type of task requests, as :class:`RabbitMQQueues` sends them."""
+
+CLIENT_PREFIX = "api-"
+"""Client IDs of API clients on the broker are this prefix and the client's name."""
+
+
+class TopicError(ValueError):
+    """A topic the gateway does not allow."""
+
+
+class StreamStats:
+    """Counts the open streams of each client, for the metrics."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._metrics = metrics
+        self._by_client: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def open(self, client: str, channel: str) -> Any:
+        """Count one stream of ``client`` on ``channel`` while the block runs."""
+        self._by_client[client] = self._by_client.get(client, 0) + 1
+        self._metrics.open_streams.labels(channel).inc()
+        self._metrics.connected_clients.set(len(self._by_client))
+        try:
+            yield
+        finally:
+            self._metrics.open_streams.labels(channel).dec()
+            self._by_client[client] -= 1
+            if not self._by_client[client]:
+                del self._by_client[client]
+            self._metrics.connected_clients.set(len(self._by_client))
+
+
+class HeldResults:
+    """Results written to their client and waiting for its acknowledgement (``ack=client``).
+
+    Keyed by client and task ID, so that a client acknowledges what it received whichever
+    stream brought it. A result whose stream closes before it is acknowledged goes back to
+    the broker (its channel closes) and is forgotten here.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[str, dict[str, tuple[Subscription, Delivery]]] = {}
+        self._counts: dict[Subscription, int] = {}
+        self._released: dict[Subscription, asyncio.Event] = {}
+
+    def hold(
+        self, client: str, task_id: str, subscription: Subscription, delivery: Delivery
+    ) -> None:
+        """Keep ``delivery`` unacknowledged until the client acknowledges ``task_id``."""
+        held = self._held.setdefault(client, {})
+        previous = held.get(task_id)
+        if previous is not None:  # a duplicate delivered meanwhile: one copy is enough
+            previous[0].ack(previous[1])
+            self._forget(previous[0])
+        held[task_id] = (subscription, delivery)
+        self._counts[subscription] = self._counts.get(subscription, 0) + 1
+        self._released.setdefault(subscription, asyncio.Event()).clear()
+
+    def _forget(self, subscription: Subscription) -> None:
+        count = self._counts.get(subscription, 0) - 1
+        self._counts[subscription] = max(count, 0)
+        if count <= 0:
+            self._released.setdefault(subscription, asyncio.Event()).set()
+
+    def release(self, client: str, task_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Acknowledge results of ``client``; returns the task IDs acknowledged and unknown."""
+        held = self._held.get(client, {})
+        done, unknown = [], []
+        for task_id in task_ids:
+            entry = held.pop(task_id, None)
+            if entry is None or not entry[0].ack(entry[1]):
+                unknown.append(task_id)
+            else:
+                done.append(task_id)
+            if entry is not None:
+                self._forget(entry[0])
+        if not held:
+            self._held.pop(client, None)
+        return done, unknown
+
+    async def wait_released(self, subscription: Subscription, timeout: float) -> bool:
+        """Wait until every result held for ``subscription`` was acknowledged."""
+        event = self._released.setdefault(subscription, asyncio.Event())
+        if not self._counts.get(subscription):
+            return True
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def drop(self, subscription: Subscription) -> None:
+        """Forget what ``subscription`` held (its channel closed: the broker has them back)."""
+        for client in list(self._held):
+            held = self._held[client]
+            for task_id in [t for t, (sub, _) in held.items() if sub is subscription]:
+                del held[task_id]
+            if not held:
+                del self._held[client]
+        self._counts.pop(subscription, None)
+        event = self._released.pop(subscription, None)
+        if event is not None:
+            event.set()
+
+    def count(self, client: str) -> int:
+        """Results of ``client`` waiting for its acknowledgement."""
+        return len(self._held.get(client, {}))
+
+
+class SeenTasks:
+    """The task IDs a stream already delivered, to drop duplicate results (bounded)."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, task_id: str) -> bool:
+        """Record ``task_id``; ``False`` if it was already there."""
+        if task_id in self._seen:
+            return False
+        self._seen[task_id] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return True
+
+
+class GatewayService:
+    """The gateway's connection to one campaign.
+
+    Args:
+        settings: Settings of the gateway
+    """
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.names = CampaignNames(settings.campaign)
+        self.topics: list[str] = sorted(set(settings.topic_list) | {"default"})
+        self.link = BrokerLink(settings.broker_url)
+        self.monitor = CampaignMonitor(
+            settings.broker_url, settings.campaign, default_ttl=settings.server_ttl
+        )
+        self.metrics = GatewayMetrics(self._live_metrics)
+        self.streams = StreamStats(self.metrics)
+        self.held = HeldResults()
+        self._clients: dict[str, RabbitMQQueues] = {}
+        self._client_locks: dict[str, asyncio.Lock] = {}
+
+    # --------------------------------------------------------------- life
+    async def start(self) -> None:
+        """Start connecting to the broker (the gateway serves even while it is away)."""
+        await self.link.start()
+        self.monitor.start()
+
+    async def stop(self) -> None:
+        """Wait for pending confirms, then disconnect everything."""
+        await self.link.stop()
+        await asyncio.to_thread(self.monitor.stop)
+        clients, self._clients = list(self._clients.values()), {}
+        for queues in clients:
+            await asyncio.to_thread(queues.disconnect, 10.0)
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the gateway can serve: connected to the broker and watching the campaign."""
+        details = {
+            "broker_connected": self.link.connected,
+            "monitor_connected": self.monitor.connected,
+            "campaign": self.settings.campaign,
+        }
+        if self.link.last_error and not self.link.connected:
+            details["last_error"] = self.link.last_error
+        return self.link.connected and self.monitor.connected, details
+
+    def _live_metrics(self) -> dict[str, tuple[str, float]]:
+        servers = self.monitor.servers()
+        return {
+            "colmena_gateway_broker_connected": (
+                "Whether the gateway is connected to the broker",
+                float(self.link.connected),
+            ),
+            "colmena_gateway_live_task_servers": (
+                "Task servers that sent a heartbeat recently",
+                float(len(servers)),
+            ),
+            "colmena_gateway_tasks_in_flight": (
+                "Tasks the live task servers are running",
+                float(sum(s.in_flight or 0 for s in servers)),
+            ),
+            "colmena_gateway_result_copies_seen": (
+                "Results of the campaign seen by the monitor since the gateway started",
+                float(self.monitor.results_seen),
+            ),
+        }
+
+    # ------------------------------------------------------------ clients
+    @staticmethod
+    def client_id(client: str) -> str:
+        """Client ID on the broker of the API client named ``client``."""
+        return f"{CLIENT_PREFIX}{client}"
+
+    def is_monitor(self, client: str) -> bool:
+        """Whether ``client`` may watch every result of the campaign."""
+        if not self.settings.tokens and self.settings.env == "development":
+            return True
+        return client in self.settings.monitor_clients
+
+    def check_topics(self, topics: Sequence[str] | None) -> list[str]:
+        """The topics to use (all when none are given).
+
+        Raises:
+            TopicError: a topic is not allowed
+        """
+        if not topics:
+            return list(self.topics)
+        unknown = sorted(set(topics) - set(self.topics))
+        if unknown:
+            raise TopicError(f"Unknown topics {unknown}; the gateway allows {self.topics}")
+        return sorted(set(topics))
+
+    async def ensure_client(self, client: str) -> RabbitMQQueues:
+        """The queues of ``client``, declared on the broker (result queues first of all).
+
+        Raises:
+            BrokerUnavailableError: the broker could not be reached in time
+        """
+        queues = self._clients.get(client)
+        if queues is not None:
+            return queues
+        lock = self._client_locks.setdefault(client, asyncio.Lock())
+        async with lock:
+            queues = self._clients.get(client)
+            if queues is not None:
+                return queues
+            queues = RabbitMQQueues(
+                self.topics,
+                url=self.settings.broker_url,
+                campaign=self.settings.campaign,
+                client_id=self.client_id(client),
+                serialization_method=SerializationMethod.JSON,
+                keep_inputs=False,
+            )
+            queues.set_role(QueueRole.CLIENT)
+            try:
+                await asyncio.to_thread(queues.connect, self.settings.publish_timeout)
+            except ConnectionError as exc:
+                await asyncio.to_thread(queues.disconnect, 1.0)
+                raise BrokerUnavailableError(str(exc)) from exc
+            self._clients[client] = queues
+            return queues
+
+    # -------------------------------------------------------------- tasks
+    def _request(self, client: str, task: TaskRequest) -> tuple[str, bytes, Any]:
+        result = Result(
+            (tuple(task.args), dict(task.kwargs)),
+            method=task.method,
+            topic=task.topic,
+            keep_inputs=task.keep_inputs,
+            serialization_method=SerializationMethod.JSON,
+            task_info=task.task_info,
+            resources=task.resources,
+            max_retries=task.max_retries,
+        )
+        result.time_serialize_inputs, _ = result.serialize()
+        properties = pika.BasicProperties(
+            delivery_mode=2,
+            content_type=REQUEST_CONTENT_TYPE,
+            reply_to=self.client_id(client),
+            type=task.method,
+            timestamp=int(time.time()),
+        )
+        return result.task_id, encode_result(result), properties
+
+    async def submit(self, client: str, tasks: Sequence[TaskRequest]) -> list[str]:
+        """Send tasks for ``client``; return once the broker confirmed every one.
+
+        Raises:
+            TopicError: a task names a topic the gateway does not allow
+            BrokerUnavailableError: the broker did not confirm them in time
+        """
+        for task in tasks:
+            self.check_topics([task.topic])
+        await self.ensure_client(client)
+        built = [self._request(client, task) for task in tasks]
+        await self.link.publish_many(
+            [
+                (self.names.requests_exchange, task.method, body, properties)
+                for task, (_, body, properties) in zip(tasks, built, strict=True)
+            ],
+            self.settings.publish_timeout,
+        )
+        self.metrics.tasks_submitted.labels(client).inc(len(built))
+        return [task_id for task_id, _, _ in built]
+
+    # ------------------------------------------------------------ results
+    async def results(self, client: str, topics: Sequence[str], prefetch: int) -> Subscription:
+        """A subscription to the result queues of ``client`` (enter it to start)."""
+        await self.ensure_client(client)
+        queues = [self.names.result_queue(self.client_id(client), topic) for topic in topics]
+        return self.link.subscribe(queues, prefetch)
+
+    @staticmethod
+    def decode(body: bytes, routing_key: str | None = None) -> ResultSummary | None:
+        """A summary of a result message, or ``None`` if it cannot be decoded."""
+        try:
+            return summarize_result(body, routing_key)
+        except MessageDecodeError:
+            logger.exception("Dropped an undecodable result message")
+            return None
+
+    def delivered(self, client: str, channel: str, count: int = 1) -> None:
+        """Count results written to a client."""
+        self.metrics.results_delivered.labels(client, channel).inc(count)
+
+    def watch(self, callback: Callable[[ResultSummary], None]) -> Callable[[], None]:
+        """Receive copies of every result of the campaign; returns the unsubscribe function."""
+        return self.monitor.subscribe(callback)
+
+    def visible_to(self, client: str, summary: ResultSummary, campaign_wide: bool) -> bool:
+        """Whether a result copy belongs on a monitoring stream of ``client``."""
+        return campaign_wide or summary.client_id == self.client_id(client)
+
+    # ------------------------------------------------------------- status
+    def served_methods(self) -> list[MethodInfo]:
+        """The methods served now, from the heartbeats."""
+        servers = {s.server_id: s for s in self.monitor.servers()}
+        return [
+            MethodInfo(
+                name=method,
+                servers=ids,
+                capacity=sum(servers[i].capacity or 0 for i in ids if i in servers),
+            )
+            for method, ids in self.monitor.methods().items()
+        ]
+
+    async def status(self, client: str) -> CampaignStatus:
+        """The state of the campaign, as ``client`` may see it."""
+        servers = self.monitor.servers()
+        methods = self.served_methods()
+        client_id = self.client_id(client)
+        depths: dict[str, int] = {}
+        if self.link.connected:
+            try:
+                depths = await asyncio.to_thread(
+                    self.monitor.queue_depths,
+                    [m.name for m in methods],
+                    {client_id: self.topics},
+                    5.0,
+                )
+            except Exception as exc:  # the status still shows what the heartbeats tell
+                logger.warning("Could not read the queue depths: %r", exc)
+        return CampaignStatus(
+            campaign=self.settings.campaign,
+            client=client,
+            broker_connected=self.link.connected,
+            servers=[ServerInfo(**s.to_dict()) for s in servers],
+            methods=methods,
+            tasks_queued={
+                m.name: depths[self.names.request_queue(m.name)]
+                for m in methods
+                if self.names.request_queue(m.name) in depths
+            },
+            tasks_in_flight=sum(s.in_flight or 0 for s in servers),
+            results_waiting={
+                topic: depths[self.names.result_queue(client_id, topic)]
+                for topic in self.topics
+                if self.names.result_queue(client_id, topic) in depths
+            },
+            dead_letters=depths.get(self.names.dead_letter_queue, 0),
+        )
+
+    async def dead_letters(self, limit: int) -> list[DeadLetterInfo]:
+        """The oldest dead letters of the campaign, left in place."""
+        letters = await asyncio.to_thread(self.monitor.dead_letters, limit, 5.0)
+        return [
+            DeadLetterInfo(
+                reason=letter.reason,
+                queue=letter.queue,
+                routing_keys=letter.routing_keys,
+                time=letter.time.timestamp() if letter.time is not None else None,
+                task_id=letter.task_id,
+                method=letter.method,
+                error=letter.error,
+            )
+            for letter in letters
+        ]
+
+
+def to_result(summary: ResultSummary) -> TaskResult:
+    """The API form of a result."""
+    return TaskResult.from_summary(summary)

@@ -1,0 +1,45 @@
+"""Settings of the task-server service (flags or ``COLMENA_*`` environment variables)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..common import ServiceSettings
+
+
+class TaskServerSettings(ServiceSettings):
+    """Serve the methods of a campaign: run the tasks the thinkers send, return their results."""
+
+    methods: str = Field(
+        description="Import path of the methods to serve, 'package.module:NAME' or 'file.py:NAME': "
+        "a list of functions or (function, options) pairs"
+    )
+    parsl_config: str | None = Field(
+        default=None,
+        description="Import path of the Parsl configuration: a Config or a function returning one "
+        "(required with --engine parsl)",
+    )
+    engine: Literal["parsl", "local"] = Field(
+        default="parsl",
+        description="Run tasks through Parsl, or in a local process pool (development)",
+    )
+    workers: int = Field(default=2, ge=1, description="Pool size of the local engine")
+    server_id: str | None = Field(
+        default=None,
+        description="Name of this task server in heartbeats (default: host name and pid)",
+    )
+    max_retries: int = Field(default=0, ge=0, description="Re-run failed tasks up to this often")
+    prefetch: int = Field(
+        default=0,
+        ge=0,
+        description="Requests taken from the broker ahead of execution (0: twice the worker count)",
+    )
+    heartbeat_interval: float = Field(
+        default=5.0, gt=0, description="Seconds between advertisements of the served methods"
+    )
+    health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
+    health_port: int = Field(
+        default=8081, ge=0, le=65535, description="Port of /healthz and /readyz"
+    )

@@ -1,0 +1,103 @@
+"""Run the thinker service: a user's thinker, built by a factory loaded by import path.
+
+The thinker gets queues on the broker under a stable client ID, so a thinker restarted with
+the same ID receives the results that arrived while it was away. SIGTERM and SIGINT set the
+thinker's ``done`` flag: agents wind down, and results not yet read stay in the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from colmena_core.queue.rabbitmq import RabbitMQQueues
+from colmena_core.thinker import BaseThinker
+
+from ..common import HealthServer, ServiceConfigError, load_object, redacted
+from .settings import ThinkerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class ThinkerService:
+    """One thinker and its health endpoints, in one process."""
+
+    def __init__(self, settings: ThinkerSettings) -> None:
+        self.settings = settings
+        factory = load_object(settings.thinker_factory, "thinker factory")
+        if not callable(factory):
+            raise ServiceConfigError(
+                f"The thinker factory {settings.thinker_factory!r} is not callable"
+            )
+        self.queues = RabbitMQQueues(
+            topics=settings.topic_list,
+            url=settings.broker_url,
+            campaign=settings.campaign,
+            client_id=settings.client_id,
+        )
+        thinker = factory(self.queues)
+        if not isinstance(thinker, BaseThinker):
+            raise ServiceConfigError(
+                f"The thinker factory {settings.thinker_factory!r} returned "
+                f"{type(thinker).__name__}, not a BaseThinker"
+            )
+        self.thinker = thinker
+        self.finished = threading.Event()
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"client_id": self.settings.client_id}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        ready = self.queues.is_connected and self.thinker.is_alive()
+        return ready, {
+            "client_id": self.settings.client_id,
+            "broker_connected": self.queues.is_connected,
+            "tasks_in_flight": self.queues.active_count,
+            "finished": self.finished.is_set(),
+        }
+
+    def run(self) -> int:
+        """Run the thinker to completion; 0 when every agent succeeded, 1 otherwise."""
+        settings = self.settings
+        health = HealthServer(
+            settings.health_host, settings.health_port, self.liveness, self.readiness
+        )
+        health.start()
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            logger.info("Received %s: asking the agents to stop", signal.Signals(signum).name)
+            self.thinker.done.set()
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.queues.connect(timeout=settings.connect_timeout)
+            logger.info(
+                "Thinker %s (%s) joined campaign %r on %s",
+                settings.client_id,
+                type(self.thinker).__name__,
+                settings.campaign,
+                redacted(settings.broker_url),
+            )
+            self.thinker.start()
+            while self.thinker.is_alive():
+                self.thinker.join(timeout=0.5)
+            self.finished.set()
+            if settings.kill_on_exit:
+                self.queues.send_kill_signal()
+            errors = self.thinker.agent_errors
+            if errors:
+                logger.error("The thinker ended with failed agents: %s", sorted(errors))
+                return 1
+            summary = getattr(self.thinker, "summary", None)
+            if callable(summary):
+                print(summary(), flush=True)
+            logger.info("Thinker %s finished", settings.client_id)
+            return 0
+        finally:
+            self.queues.disconnect()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            health.stop()

@@ -1,0 +1,48 @@
+"""Settings of the thinker service (flags or ``COLMENA_*`` environment variables)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from ..common import ServiceSettings
+
+
+class ThinkerSettings(ServiceSettings):
+    """Run a thinker: load its factory, give it queues on the broker, exit with its outcome."""
+
+    thinker_factory: str = Field(
+        description="Import path of a function that takes the queues and returns a BaseThinker, "
+        "'package.module:NAME' or 'file.py:NAME'"
+    )
+    client_id: str = Field(
+        default="thinker",
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Stable name of this thinker: a restarted thinker with the same ID receives "
+        "the results that arrived while it was away",
+    )
+    topics: str = Field(default="", description="Topics the thinker uses, comma-separated")
+    kill_on_exit: bool = Field(
+        default=False, description="Send the kill signal to the task servers when the thinker ends"
+    )
+    health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
+    health_port: int = Field(
+        default=8082, ge=0, le=65535, description="Port of /healthz and /readyz"
+    )
+
+    @field_validator("topics")
+    @classmethod
+    def _topics(cls, value: str) -> str:
+        for topic in cls.split(value):
+            if not topic.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"topic {topic!r} may only hold letters, digits, '-' and '_'")
+        return value
+
+    @staticmethod
+    def split(topics: str) -> list[str]:
+        """The topics as a list."""
+        return [topic.strip() for topic in topics.split(",") if topic.strip()]
+
+    @property
+    def topic_list(self) -> list[str]:
+        """The topics as a list."""
+        return self.split(self.topics)

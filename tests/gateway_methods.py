@@ -1,0 +1,36 @@
+"""JSON-friendly methods served by the task servers of the gateway tests and benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def add(a: float, b: float) -> float:
+    """Sum of two numbers."""
+    return a + b
+
+
+def echo(value: Any) -> Any:
+    """The argument, unchanged."""
+    return value
+
+
+def fail(message: str) -> None:
+    """Raise an error with ``message``."""
+    raise ValueError(message)
+
+
+def noop() -> None:
+    """Nothing (for measuring overheads)."""
+
+
+METHODS = [add, echo, fail, noop]
+
+
+def square(x: float) -> float:
+    """The square of a number."""
+    return x * x
+
+
+EXTRA = [square]
+"""Methods of a second task server, whose arrival and departure the tests watch."""
