@@ -10,16 +10,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from colmena_core.testing import free_port
+from colmena_core.testing import wait_until as _wait_until
 
 WAIT = 30.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
@@ -33,23 +34,9 @@ TOKENS = f"{ALICE}:alice,{BOB}:bob"
 """Two API clients; alice is also a monitoring client."""
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def wait_until(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
-    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)  # polling interval of a process we cannot get events from
+    """:func:`colmena_core.testing.wait_until` with this module's default timeout."""
+    return _wait_until(predicate, what, timeout)
 
 
 class ServiceProcess:
