@@ -21,7 +21,10 @@ def free_port() -> int:
 
 
 def wait_until(
-    predicate: Callable[[], T], what: str = "condition", timeout: float = 60.0, interval: float = 0.05
+    predicate: Callable[[], T],
+    what: str = "condition",
+    timeout: float = 60.0,
+    interval: float = 0.05,
 ) -> T:
     """Check an observable condition until it holds; fail after ``timeout`` seconds.
 
