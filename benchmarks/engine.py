@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -22,14 +21,13 @@ import numpy as np
 import parsl
 from parsl.app.app import python_app
 from parsl.config import Config
-from parsl.executors import HighThroughputExecutor
-from parsl.providers import LocalProvider
 from proxystore.connectors.file import FileConnector
 from proxystore.store import Store, unregister_store
 
 from benchmarks.report import Measurement, percentile
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
+from colmena_core.task_server.parsl import local_config
 
 logger = logging.getLogger(__name__)
 
@@ -44,27 +42,12 @@ def noop(*args: Any) -> None:
 
 def htex_config(workers: int = 2) -> Config:
     """The executor every configuration is measured on: 2 local workers."""
-    # Workers find Parsl's scripts on PATH and import this module by name from the repository
-    for name, entry in (
-        ("PATH", os.path.dirname(sys.executable)),
-        ("PYTHONPATH", str(Path(__file__).resolve().parent.parent)),
-    ):
-        entries = [e for e in os.environ.get(name, "").split(os.pathsep) if e]
-        if entry not in entries:
-            os.environ[name] = os.pathsep.join([entry, *entries])
-    return Config(
-        executors=[
-            HighThroughputExecutor(
-                label="htex",
-                address="127.0.0.1",
-                max_workers_per_node=workers,
-                provider=LocalProvider(init_blocks=1, max_blocks=1),
-            )
-        ],
-        strategy="none",
-        run_dir=tempfile.mkdtemp(prefix="colmena-bench-"),
-        initialize_logging=False,
-    )
+    # Workers import this module by name: put the repository on their path
+    root = str(Path(__file__).resolve().parent.parent)
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if root not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root, *entries])
+    return local_config(workers, tempfile.mkdtemp(prefix="colmena-bench-"))
 
 
 def _round_trips(call: Callable[[], None], count: int) -> tuple[float, float]:
