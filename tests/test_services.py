@@ -38,15 +38,29 @@ class Service:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
-        self.stdout = ""
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._out: list[str] = []
+        # One reader per pipe, for the whole life of the process: nothing else reads them
+        self._readers = [
+            threading.Thread(target=self._read_stderr, daemon=True),
+            threading.Thread(target=self._read_stdout, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
+    def _read_stderr(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
             self.log.append(line)
             self.lines.put(line)
+
+    def _read_stdout(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._out.append(line)
+
+    @property
+    def stdout(self) -> str:
+        return "".join(self._out)
 
     def wait_for(self, pattern: str, timeout: float = WAIT) -> re.Match[str]:
         """Wait until a line of stderr matches ``pattern``."""
@@ -65,9 +79,9 @@ class Service:
 
     def finish(self, timeout: float = WAIT) -> int:
         """Wait for the process to exit; return its exit code."""
-        out, _ = self.process.communicate(timeout=timeout)
-        self._reader.join(timeout=10)
-        self.stdout = out or ""
+        self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=10)  # the pipes close when the process exits
         return self.process.returncode
 
     def stop(self, timeout: float = WAIT) -> int:
