@@ -1,22 +1,34 @@
-"""Fixtures shared by the test suite: the services that the transports are tested against.
+"""Fixtures shared by the test suite: the services that the transports are tested against,
+campaigns on them, task server processes and the run directories of executable tasks.
 
-Each fixture only wraps a helper of :mod:`colmena_core.testing`, where the logic lives.
-Outside CI, tests needing a service that cannot be found or started are skipped; in CI
-(``CI=true``) they fail.
+The fixtures of services, campaigns and task servers only wrap helpers of
+:mod:`colmena_core.testing`, where the logic lives; the methods and checks that several test
+modules share are in ``task_server_support.py``. Outside CI, tests needing a service that
+cannot be found or started are skipped; in CI (``CI=true``) they fail.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from colmena_core.testing.brokers import (
+    ThrowawayCampaign,
     ThrowawayRabbitMQ,
     rabbitmq_url_for_pytest,
     throwaway_rabbitmq_for_pytest,
 )
 from colmena_core.testing.redis import redis_server_for_pytest
+from colmena_core.testing.task_servers import (
+    LocalServerStarter,
+    local_task_servers_for_pytest,
+)
+
+# Before the test modules import it, so that the asserts of the helper module explain failures
+pytest.register_assert_rewrite("task_server_support")
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +66,40 @@ def throwaway_rabbitmq(
     node = throwaway_rabbitmq_factory()
     yield node
     node.close()
+
+
+@pytest.fixture
+def campaign(rabbitmq_url: str, request: pytest.FixtureRequest) -> Iterator[ThrowawayCampaign]:
+    """A campaign of this test only on the session's broker, deleted afterwards.
+
+    Its name starts with that of the test module (``test_monitor.py``: ``monitor-…``).
+    """
+    prefix = request.module.__name__.rpartition(".")[2].removeprefix("test_").replace("_", "-")
+    with ThrowawayCampaign(rabbitmq_url, prefix) as campaign:
+        yield campaign
+
+
+# -------------------------------------------------------------- task servers
+@pytest.fixture
+def task_server_options() -> dict[str, Any]:
+    """Options of the servers of ``start_server`` (a test module may override this fixture)."""
+    return {"num_workers": 2, "pool": "thread"}
+
+
+@pytest.fixture
+def start_server(task_server_options: dict[str, Any]) -> Iterator[LocalServerStarter]:
+    """Starts ``LocalTaskServer`` processes: ``start_server(queues, methods, **options)``.
+
+    The options, over ``task_server_options``, are those of ``LocalTaskServer``. Any server
+    still running at the end of the test is killed.
+    """
+    yield from local_task_servers_for_pytest(**task_server_options)
+
+
+@pytest.fixture
+def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Executable tasks make their run directories here (inherited by task servers)."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    monkeypatch.setenv("COLMENA_RUN_DIR", str(path))
+    return path

@@ -26,10 +26,15 @@ import pytest
 from colmena_core.exceptions import TimeoutException
 from colmena_core.models import Result
 from colmena_core.models.wire import MAGIC
-from colmena_core.queue.base import ColmenaQueues
 from colmena_core.queue.rabbitmq import RabbitMQQueues, list_dead_letters
 from colmena_core.task_server.local import LocalTaskServer
 from colmena_core.testing.brokers import ThrowawayCampaign, ThrowawayRabbitMQ
+from colmena_core.testing.task_servers import (
+    LocalServerStarter,
+    assert_no_more_results,
+    receive_results,
+    stop_task_servers,
+)
 
 WAIT = 60.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
@@ -91,34 +96,10 @@ class Recorded:
 
 
 # ---------------------------------------------------------------- fixtures
-ServerFactory = Callable[..., LocalTaskServer]
-
-
 @pytest.fixture
-def start_server() -> Iterator[ServerFactory]:
-    """Start ``LocalTaskServer`` processes; any still running at the end is killed."""
-    started: list[LocalTaskServer] = []
-
-    def start(queues: ColmenaQueues, methods: list[Any], **options: Any) -> LocalTaskServer:
-        options.setdefault("num_workers", 4)
-        options.setdefault("pool", "thread")
-        server = LocalTaskServer(methods, queues, **options)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.is_alive():
-            server.kill()
-        server.join(WAIT)
-
-
-@pytest.fixture
-def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
-    """A campaign of this test only on the suite's broker, deleted afterwards."""
-    with ThrowawayCampaign(rabbitmq_url, "contract") as campaign:
-        yield campaign
+def task_server_options() -> dict[str, Any]:
+    """Four workers a task server, so that some keep going while one is stuck."""
+    return {"num_workers": 4, "pool": "thread"}
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +110,11 @@ def short_timeout_broker(
     return throwaway_rabbitmq_factory(consumer_timeout=CONSUMER_TIMEOUT)
 
 
-def receive(queues: ColmenaQueues, count: int) -> list[Result]:
-    """Receive ``count`` results of the default topic."""
-    results = [queues.get_result(timeout=WAIT) for _ in range(count)]
-    return [result for result in results if result is not None]
+@pytest.fixture
+def long_campaign(short_timeout_broker: ThrowawayRabbitMQ) -> Iterator[ThrowawayCampaign]:
+    """A campaign of this test only on the short-timeout broker, deleted afterwards."""
+    with ThrowawayCampaign(short_timeout_broker.url, "long") as campaign:
+        yield campaign
 
 
 def assert_exactly_once(results: list[Result], sent: set[str]) -> None:
@@ -143,19 +125,6 @@ def assert_exactly_once(results: list[Result], sent: set[str]) -> None:
     assert all(result.success for result in results), [
         r.failure_info for r in results if not r.success
     ]
-
-
-def assert_nothing_more(queues: ColmenaQueues) -> None:
-    with pytest.raises(TimeoutException):
-        queues.get_result(timeout=0.5)
-
-
-def stop(queues: ColmenaQueues, *servers: LocalTaskServer) -> None:
-    """Send the kill signal and check that every server stops cleanly."""
-    queues.send_kill_signal()
-    for server in servers:
-        server.join(WAIT)
-        assert server.exitcode == 0, f"{server.name} exited with {server.exitcode}"
 
 
 def publish_raw(url: str, exchange: str, routing_key: str, body: bytes, reply_to: str) -> None:
@@ -198,7 +167,7 @@ class Monitor:
 
 # ---------------------------------------------------------------- contract
 def test_two_thinkers_and_two_servers_each_thinker_gets_its_own_results_once(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     thinkers = [campaign.queues(client_id=f"thinker-{i}", methods=["work"]) for i in range(2)]
     servers = [start_server(campaign.queues(), [work]) for _ in range(2)]
@@ -210,16 +179,16 @@ def test_two_thinkers_and_two_servers_each_thinker_gets_its_own_results_once(
         }
 
     for thinker in thinkers:
-        results = receive(thinker, 500)
+        results = receive_results(thinker, 500)
         assert_exactly_once(results, sent[thinker.client_id])
         assert {r.task_info["thinker"] for r in results} == {thinker.client_id}
-        assert_nothing_more(thinker)
+        assert_no_more_results(thinker)
         assert thinker.wait_until_done(timeout=0)
-    stop(thinkers[0], *servers)
+    stop_task_servers(thinkers[0], *servers)
 
 
 def test_task_server_killed_mid_task_and_restarted_every_task_has_one_result(
-    campaign: ThrowawayCampaign, start_server: ServerFactory, tmp_path: Path
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter, tmp_path: Path
 ) -> None:
     method = Recorded(tmp_path, seconds=0.002, block_first=True)
     thinker = campaign.queues(methods=["work"])
@@ -227,15 +196,15 @@ def test_task_server_killed_mid_task_and_restarted_every_task_has_one_result(
     sent = {thinker.send_inputs(i, method="work") for i in range(200)}
 
     assert method.first_started.wait(WAIT)  # one task is stuck in the first server...
-    results = receive(thinker, 20)  # ...while its other workers keep going
+    results = receive_results(thinker, 20)  # ...while its other workers keep going
     os.kill(first.pid, signal.SIGKILL)
     first.join(WAIT)
     assert first.exitcode == -signal.SIGKILL
 
     second = start_server(campaign.queues(prefetch=16), [method])
-    results += receive(thinker, 180)
+    results += receive_results(thinker, 180)
     assert_exactly_once(results, sent)
-    assert_nothing_more(thinker)
+    assert_no_more_results(thinker)
 
     # The tasks that were running when the server died ran again on the new server
     stuck = method.blocked()  # at least one (more if workers started at the same instant)
@@ -244,59 +213,59 @@ def test_task_server_killed_mid_task_and_restarted_every_task_has_one_result(
     for index in stuck:
         assert sorted(method.executions()[index]) == sorted([first.pid, second.pid])
         assert ran_on[index] == second.pid
-    stop(thinker, second)
+    stop_task_servers(thinker, second)
 
 
 def test_broker_restarted_mid_campaign_clients_reconnect_and_nothing_is_lost(
-    throwaway_rabbitmq: ThrowawayRabbitMQ, start_server: ServerFactory
+    throwaway_rabbitmq: ThrowawayRabbitMQ, start_server: LocalServerStarter
 ) -> None:
     broker = throwaway_rabbitmq
     with ThrowawayCampaign(broker.url, "restart") as campaign:
         thinker = campaign.queues(methods=["work"])
         server = start_server(campaign.queues(prefetch=8), [work], num_workers=2)
         sent = {thinker.send_inputs(i, 0.01, method="work") for i in range(150)}
-        results = receive(thinker, 30)
+        results = receive_results(thinker, 30)
 
         broker.stop()
         # Sent while the broker is down: kept by the client until it is back
         sent |= {thinker.send_inputs(i, 0.01, method="work") for i in range(150, 250)}
         broker.start()
 
-        results += receive(thinker, 220)
+        results += receive_results(thinker, 220)
         assert_exactly_once(results, sent)
-        assert_nothing_more(thinker)
+        assert_no_more_results(thinker)
         assert thinker.is_connected
-        stop(thinker, server)
+        stop_task_servers(thinker, server)
 
 
 def test_thinker_restarted_with_same_client_id_gets_results_that_arrived_meanwhile(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     thinker = campaign.queues(client_id="restartable", methods=["work"])
     server = start_server(campaign.queues(), [work])
     sent = {thinker.send_inputs(i, method="work") for i in range(100)}
-    early = receive(thinker, 30)
+    early = receive_results(thinker, 30)
     thinker.send_kill_signal()  # the server finishes the queued tasks, then stops
     thinker.disconnect()  # the thinker goes away
     server.join(WAIT)
     assert server.exitcode == 0  # so every result now waits for the thinker
 
     restarted = campaign.queues(client_id="restartable")
-    late = receive(restarted, 70)
+    late = receive_results(restarted, 70)
     assert_exactly_once(early + late, sent)
-    assert_nothing_more(restarted)
+    assert_no_more_results(restarted)
 
 
 def crashing_thinker(url: str, campaign: str, report: Connection) -> None:
     """A thinker that sends tasks, takes some results, reports them, and waits to be killed."""
     queues = RabbitMQQueues(url=url, campaign=campaign, client_id="crashy", methods=["work"])
     report.send([queues.send_inputs(i, method="work") for i in range(100)])
-    report.send([result.task_id for result in receive(queues, 30)])
+    report.send([result.task_id for result in receive_results(queues, 30)])
     threading.Event().wait(10 * WAIT)
 
 
 def test_thinker_killed_and_restarted_gets_every_result(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     campaign.clients["crashy"] = {"default"}
     server = start_server(campaign.queues(), [work])
@@ -324,11 +293,11 @@ def test_thinker_killed_and_restarted_gets_every_result(
             extra = restarted.get_result(timeout=0.5)
             assert extra is not None and extra.task_id in early
     assert len(late) == len(set(late)) and set(late) <= sent
-    stop(restarted, server)
+    stop_task_servers(restarted, server)
 
 
 def test_bad_messages_never_crash_a_service(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     thinker = campaign.queues(methods=["work", "fails"])
     thinker.connect()
@@ -347,7 +316,7 @@ def test_bad_messages_never_crash_a_service(
         failing = thinker.send_inputs("boom", method="fails")
         fine = thinker.send_inputs(2, method="work")
 
-        results = {r.task_id: r for r in receive(thinker, 3)}
+        results = {r.task_id: r for r in receive_results(thinker, 3)}
         assert set(results) == {unknown, failing, fine}
         assert not results[unknown].success
         assert "no_such_method" in results[unknown].failure_info.exception
@@ -364,10 +333,35 @@ def test_bad_messages_never_crash_a_service(
     assert all(letter.error and letter.task_id is None for letter in letters)
     assert len(list_dead_letters(campaign.url, campaign.name)) == 2  # listing kept them
     assert server.is_alive()
-    stop(thinker, server)
+    stop_task_servers(thinker, server)
 
 
 # --------------------------------------------------------------- long tasks
+LEASES: dict[str, Any] = {"lease_after": 1.0, "lease_ttl": 2.0}
+"""Queue options of the long-task tests: a task is leased after 1 s, for 2 s at a time."""
+
+
+def start_leased_task(
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter, method: Recorded, index: int
+) -> tuple[RabbitMQQueues, LocalTaskServer, str]:
+    """Start a server of ``method``, send it task ``index`` and wait until its lease is renewed.
+
+    Returns:
+        The thinker's queues, the task server and the ID of the task
+    """
+    thinker = campaign.queues(methods=["work"], **LEASES)
+    thinker.connect()
+    leases = Monitor(campaign.url, thinker.names.leases_exchange, {"x-match": "all"})
+    try:
+        server = start_server(campaign.queues(**LEASES), [method])
+        task_id = thinker.send_inputs(index, method="work")
+        # Leased, then renewed while running (the request itself is acknowledged)
+        assert len(leases.wait_for(2)) == 2
+    finally:
+        leases.close()
+    return thinker, server, task_id
+
+
 def test_the_test_broker_enforces_its_consumer_timeout(
     short_timeout_broker: ThrowawayRabbitMQ,
 ) -> None:
@@ -388,56 +382,36 @@ def test_the_test_broker_enforces_its_consumer_timeout(
 
 
 def test_task_longer_than_the_consumer_timeout_runs_once_and_returns_once(
-    short_timeout_broker: ThrowawayRabbitMQ, start_server: ServerFactory, tmp_path: Path
+    long_campaign: ThrowawayCampaign, start_server: LocalServerStarter, tmp_path: Path
 ) -> None:
     method = Recorded(tmp_path, seconds=3 * CONSUMER_TIMEOUT)
-    options = {"lease_after": 1.0, "lease_ttl": 2.0}
-    with ThrowawayCampaign(short_timeout_broker.url, "long") as campaign:
-        thinker = campaign.queues(methods=["work"], **options)
-        thinker.connect()
-        leases = Monitor(campaign.url, thinker.names.leases_exchange, {"x-match": "all"})
-        try:
-            server = start_server(campaign.queues(**options), [method])
-            task_id = thinker.send_inputs(7, method="work")
-            assert len(leases.wait_for(2)) == 2  # leased, then renewed while running
-        finally:
-            leases.close()
+    thinker, server, task_id = start_leased_task(long_campaign, start_server, method, 7)
 
-        result = thinker.get_result(timeout=WAIT)
-        assert result is not None and result.task_id == task_id and result.success
-        assert result.time_running >= 3 * CONSUMER_TIMEOUT
-        assert method.executions() == {7: [server.pid]}  # it ran once
-        assert_nothing_more(thinker)
-        assert list_dead_letters(campaign.url, campaign.name) == []
+    result = thinker.get_result(timeout=WAIT)
+    assert result is not None and result.task_id == task_id and result.success
+    assert result.time_running >= 3 * CONSUMER_TIMEOUT
+    assert method.executions() == {7: [server.pid]}  # it ran once
+    assert_no_more_results(thinker)
+    assert list_dead_letters(long_campaign.url, long_campaign.name) == []
 
-        quick = thinker.send_inputs(8, 0.0, method="work")  # the server is still serving
-        result = thinker.get_result(timeout=WAIT)
-        assert result is not None and result.task_id == quick
-        stop(thinker, server)
+    quick = thinker.send_inputs(8, 0.0, method="work")  # the server is still serving
+    result = thinker.get_result(timeout=WAIT)
+    assert result is not None and result.task_id == quick
+    stop_task_servers(thinker, server)
 
 
 def test_long_task_of_a_killed_server_returns_to_the_queue_when_its_lease_expires(
-    short_timeout_broker: ThrowawayRabbitMQ, start_server: ServerFactory, tmp_path: Path
+    long_campaign: ThrowawayCampaign, start_server: LocalServerStarter, tmp_path: Path
 ) -> None:
     method = Recorded(tmp_path, seconds=2 * CONSUMER_TIMEOUT)
-    options = {"lease_after": 1.0, "lease_ttl": 2.0}
-    with ThrowawayCampaign(short_timeout_broker.url, "lease") as campaign:
-        thinker = campaign.queues(methods=["work"], **options)
-        thinker.connect()
-        leases = Monitor(campaign.url, thinker.names.leases_exchange, {"x-match": "all"})
-        try:
-            first = start_server(campaign.queues(**options), [method])
-            task_id = thinker.send_inputs(3, method="work")
-            leases.wait_for(2)  # renewed once: the request itself is acknowledged
-        finally:
-            leases.close()
-        os.kill(first.pid, signal.SIGKILL)
-        first.join(WAIT)
+    thinker, first, task_id = start_leased_task(long_campaign, start_server, method, 3)
+    os.kill(first.pid, signal.SIGKILL)
+    first.join(WAIT)
 
-        second = start_server(campaign.queues(**options), [method])
-        result = thinker.get_result(timeout=WAIT)
-        assert result is not None and result.task_id == task_id and result.success
-        assert result.value == (3, second.pid)
-        assert sorted(method.executions()[3]) == sorted([first.pid, second.pid])
-        assert_nothing_more(thinker)
-        stop(thinker, second)
+    second = start_server(long_campaign.queues(**LEASES), [method])
+    result = thinker.get_result(timeout=WAIT)
+    assert result is not None and result.task_id == task_id and result.success
+    assert result.value == (3, second.pid)
+    assert sorted(method.executions()[3]) == sorted([first.pid, second.pid])
+    assert_no_more_results(thinker)
+    stop_task_servers(thinker, second)

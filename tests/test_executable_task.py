@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import pickle
-import shlex
-import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from task_server_support import Crasher, Ranks, fake_mpi_launch
 
 from colmena_core.models import ExecutableFailed, ExecutableTask, ResourceRequirements
 
@@ -33,40 +32,6 @@ class Adder(ExecutableTask):
 
     def postprocess(self, run_dir: Path) -> int:
         return int((run_dir / "colmena.stdout").read_text())
-
-
-class Failing(ExecutableTask):
-    def __init__(self) -> None:
-        super().__init__(["/bin/sh", "-c", "echo 'out of memory' >&2; exit 7"])
-
-    def preprocess(
-        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[list[str], str | None]:
-        return [], None
-
-    def postprocess(self, run_dir: Path) -> None:
-        raise AssertionError("never reached")
-
-
-class Ranks(ExecutableTask):
-    def __init__(self, template: str) -> None:
-        super().__init__(["/bin/sh", "-c", "echo done"], mpi=True, mpi_command_string=template)
-
-    def preprocess(
-        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[list[str], str | None]:
-        return [], None
-
-    def postprocess(self, run_dir: Path) -> str:
-        return (run_dir / "colmena.stdout").read_text().strip()
-
-
-@pytest.fixture
-def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("COLMENA_RUN_DIR", str(path))
-    return path
 
 
 def test_render_mpi_launch_uses_resource_fields() -> None:
@@ -124,7 +89,7 @@ def test_execute_writes_stdout_and_returns_runtime(tmp_path: Path) -> None:
 
 def test_failing_executable_raises_with_stderr(run_dirs: Path) -> None:
     with pytest.raises(ExecutableFailed) as info:
-        Failing()()
+        Crasher("out of memory", status=7)()
     assert info.value.returncode == 7
     assert "out of memory" in info.value.stderr_tail
     assert "status 7" in str(info.value) and "out of memory" in str(info.value)
@@ -139,12 +104,7 @@ def test_executable_failed_survives_pickling() -> None:
 
 
 def test_call_with_resources_goes_through_the_launcher(tmp_path: Path, run_dirs: Path) -> None:
-    launcher = tmp_path / "fake-mpiexec"
-    log = tmp_path / "arguments"
-    launcher.write_text(
-        '#!/bin/sh\nlog="$1"; shift\nprintf \'%s\\n\' "$@" > "$log"\nshift 2\nexec "$@"\n'
-    )
-    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
-    task = Ranks(f"{shlex.quote(str(launcher))} {shlex.quote(str(log))} -n {{total_ranks}}")
+    template, log = fake_mpi_launch(tmp_path, "-n {total_ranks}")
+    task = Ranks(template)
     assert task(_resources=ResourceRequirements(node_count=2, cpu_processes=3)) == "done"
     assert log.read_text().splitlines() == ["-n", "6", "/bin/sh", "-c", "echo done"]

@@ -8,7 +8,6 @@ own process as usual; the file is how the test sees inside it.
 from __future__ import annotations
 
 import importlib
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from task_server_support import WAIT, assert_python_runs
 
 from colmena_core.models.execution import WorkerTask
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import FuncXTaskServer, GlobusComputeTaskServer
 from colmena_core.task_server.base import execute_packed_task
-
-WAIT = 60.0
-"""Longest wait for any result or for the server to stop, in seconds."""
+from colmena_core.testing.task_servers import running_task_server
 
 CPU_ENDPOINT = "6e9a4f1c-0000-4000-8000-00000000c9c0"
 GPU_ENDPOINT = "6e9a4f1c-0000-4000-8000-000000006900"
@@ -83,18 +81,11 @@ def running_server(
     log: Path,
     server_class: type[GlobusComputeTaskServer] = GlobusComputeTaskServer,
 ) -> Iterator[PipeQueues]:
+    """Start a task server; on exit, stop it and check that it exited cleanly."""
     queues = PipeQueues()
     server = server_class(methods, None, queues, executor_factory=RecordingFactory(log))
-    server.start()
-    try:
+    with running_task_server(server, queues, timeout=WAIT):
         yield queues
-        queues.send_kill_signal()
-        server.join(WAIT)
-        assert server.exitcode == 0, f"task server exit code: {server.exitcode}"
-    finally:
-        if server.is_alive():
-            server.kill()
-            server.join(WAIT)
 
 
 def test_tasks_run_on_the_endpoint_of_their_function(tmp_path: Path) -> None:
@@ -166,10 +157,7 @@ def test_modules_import_without_the_sdk() -> None:
         "from colmena_core.task_server.funcx import FuncXTaskServer as Alias\n"
         "assert Alias is FuncXTaskServer and issubclass(Alias, GlobusComputeTaskServer)\n"
     )
-    process = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=False
-    )
-    assert process.returncode == 0, process.stderr
+    assert_python_runs(code)
 
 
 def test_duplicate_method_names_are_rejected() -> None:

@@ -2,58 +2,28 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from task_server_support import (
+    WAIT,
+    assert_timings_ordered,
+    blocks_until_released,
+    check_kill_signal_lets_in_flight_tasks_finish,
+    fail,
+    fails_first_time,
+    process_id,
+    run,
+    square,
+    unpicklable,
+)
 
-from colmena_core.models import Result
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import LocalTaskServer
-
-WAIT = 60.0
-"""Longest wait for any result or for the server to stop, in seconds."""
-
-_started: Any = None
-_gate: Any = None
-"""Process-shared events for the kill-signal test, inherited by the forked task server."""
-
-
-def square(x: float) -> float:
-    return x * x
-
-
-def process_id() -> int:
-    return os.getpid()
-
-
-def fail(message: str) -> None:
-    raise ValueError(message)
-
-
-def unpicklable() -> threading.Lock:
-    return threading.Lock()
-
-
-def fails_first_time(counter: str) -> int:
-    path = Path(counter)
-    calls = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(calls))
-    if calls == 1:
-        raise RuntimeError("first call fails")
-    return calls
-
-
-def blocks_until_released(value: int) -> int:
-    _started.set()
-    if not _gate.wait(WAIT):
-        raise TimeoutError("the test never released the task")
-    return value
+from colmena_core.testing.task_servers import running_task_server
 
 
 @contextmanager
@@ -63,23 +33,8 @@ def running_server(
     """Start a task server; on exit, stop it and check that it exited cleanly."""
     queues = PipeQueues()
     server = LocalTaskServer(methods, queues, num_workers=2, pool=pool, **options)
-    server.start()
-    try:
+    with running_task_server(server, queues, timeout=WAIT):
         yield queues, server
-        queues.send_kill_signal()
-        server.join(WAIT)
-        assert server.exitcode == 0, f"task server exit code: {server.exitcode}"
-    finally:
-        if server.is_alive():
-            server.kill()
-            server.join(WAIT)
-
-
-def run(queues: PipeQueues, *args: Any, method: str, **options: Any) -> Result:
-    queues.send_inputs(*args, method=method, **options)
-    result = queues.get_result(timeout=WAIT)
-    assert result is not None
-    return result
 
 
 @pytest.mark.parametrize("pool", ["process", "thread"])
@@ -89,15 +44,7 @@ def test_results_come_back(pool: Literal["process", "thread"]) -> None:
         pid = run(queues, method="process_id").value
     assert result.success and result.value == 9 and result.args == (3,)
     assert result.worker_info is not None and result.worker_info.hostname
-    times = [
-        result.time_created,
-        result.time_input_received,
-        result.time_compute_started,
-        result.time_compute_ended,
-        result.time_result_sent,
-        result.time_result_received,
-    ]
-    assert times == sorted(times)  # type: ignore[type-var]
+    assert_timings_ordered(result)
     assert (pid != server.pid) if pool == "process" else (pid == server.pid)
 
 
@@ -149,26 +96,11 @@ def test_constructor_checks() -> None:
 
 
 def test_kill_signal_lets_in_flight_tasks_finish() -> None:
-    global _started, _gate
-    if mp.get_start_method() != "fork":
-        pytest.skip("the events reach the task server by fork")
-    _started, _gate = mp.Event(), mp.Event()
-    queues = PipeQueues()
-    server = LocalTaskServer([blocks_until_released], queues, num_workers=1, pool="thread")
-    server.start()
-    try:
-        queues.send_inputs(11, method="blocks_until_released")
-        assert _started.wait(WAIT), "the task never started"
-        queues.send_kill_signal()
-        _gate.set()
-        result = queues.get_result(timeout=WAIT)
-        server.join(WAIT)
-        assert result is not None and result.success and result.value == 11
-        assert server.exitcode == 0
-    finally:
-        if server.is_alive():
-            server.kill()
-            server.join(WAIT)
+    check_kill_signal_lets_in_flight_tasks_finish(
+        lambda queues: LocalTaskServer(
+            [blocks_until_released], queues, num_workers=1, pool="thread"
+        )
+    )
 
 
 def test_timeout_stops_an_idle_server() -> None:

@@ -56,12 +56,6 @@ class Alarm:
 
 
 @pytest.fixture
-def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
-    with ThrowawayCampaign(rabbitmq_url, "monitor") as campaign:
-        yield campaign
-
-
-@pytest.fixture
 def monitor(campaign: ThrowawayCampaign) -> Iterator[CampaignMonitor]:
     with CampaignMonitor(campaign.url, campaign.name, default_ttl=WAIT) as monitor:
         assert monitor.wait_connected(WAIT), monitor.last_error
@@ -217,6 +211,7 @@ def test_queue_depths_and_dead_letters(
 
 def test_heartbeats_go_to_their_own_exchange(campaign: ThrowawayCampaign) -> None:
     assert heartbeat_exchange(campaign.name) == f"colmena.{campaign.name}.heartbeats"
+    assert heartbeat_exchange(campaign.name) == CampaignNames(campaign.name).heartbeats_exchange
     assert heartbeat_exchange(campaign.name) != CampaignNames(campaign.name).control_exchange
     with pytest.raises(ValueError, match="campaign"):
         heartbeat_exchange("not a name")

@@ -2,18 +2,15 @@
 
 Most tests use Parsl's ThreadPoolExecutor, which starts in milliseconds. One test runs a
 HighThroughputExecutor with two worker processes, as on an HPC system. Methods are
-module-level so that Parsl workers in other processes can import them.
+module-level (here and in ``task_server_support``) so that Parsl workers in other processes
+can import them.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import pickle
-import shlex
-import stat
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -26,54 +23,32 @@ from parsl.config import Config
 from parsl.dataflow.dflow import DataFlowKernel
 from parsl.executors import HighThroughputExecutor, ThreadPoolExecutor
 from parsl.providers import LocalProvider
+from task_server_support import (
+    WAIT,
+    Crasher,
+    Ranks,
+    assert_python_runs,
+    assert_timings_ordered,
+    blocks_until_released,
+    check_kill_signal_lets_in_flight_tasks_finish,
+    fail,
+    fails_first_time,
+    fake_mpi_launch,
+    process_id,
+    run,
+    square,
+    unpicklable,
+)
 
 from colmena_core.models import ExecutableTask, Result
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server.parsl import MethodSpec, ParslTaskServer
-
-WAIT = 60.0
-"""Longest wait for any result or for the server to stop, in seconds."""
-
-_started: Any = None
-_gate: Any = None
-"""Process-shared events for the kill-signal test, inherited by the forked task server."""
+from colmena_core.testing.task_servers import running_task_server
 
 
 # ----------------------------------------------------------------------------- methods
-def square(x: float) -> float:
-    return x * x
-
-
 def thread_name() -> str:
     return threading.current_thread().name
-
-
-def process_id() -> int:
-    return os.getpid()
-
-
-def fail(message: str) -> None:
-    raise ValueError(message)
-
-
-def unpicklable() -> threading.Lock:
-    return threading.Lock()
-
-
-def fails_first_time(counter: str) -> int:
-    path = Path(counter)
-    calls = int(path.read_text()) + 1 if path.exists() else 1
-    path.write_text(str(calls))
-    if calls == 1:
-        raise RuntimeError("first call fails")
-    return calls
-
-
-def blocks_until_released(value: int) -> int:
-    _started.set()
-    if not _gate.wait(WAIT):
-        raise TimeoutError("the test never released the task")
-    return value
 
 
 class Doubler(ExecutableTask):
@@ -98,21 +73,6 @@ class Doubler(ExecutableTask):
         return int((run_dir / "colmena.stdout").read_text())
 
 
-class Crasher(ExecutableTask):
-    """An executable that writes to stderr and exits with status 3."""
-
-    def __init__(self) -> None:
-        super().__init__(["/bin/sh", "-c", "echo 'simulation diverged at step 42' >&2; exit 3"])
-
-    def preprocess(
-        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[list[str], str | None]:
-        return [], None
-
-    def postprocess(self, run_dir: Path) -> None:
-        raise AssertionError("postprocess must not run after a failed execution")
-
-
 class BadInputs(ExecutableTask):
     """Preprocessing rejects its inputs."""
 
@@ -126,31 +86,6 @@ class BadInputs(ExecutableTask):
 
     def postprocess(self, run_dir: Path) -> None:
         raise AssertionError("postprocess must not run")
-
-
-class MpiRanks(ExecutableTask):
-    """An "MPI" task whose launcher is a script that records its arguments."""
-
-    def __init__(self, launcher: Path, log: Path) -> None:
-        template = f"{shlex.quote(str(launcher))} {shlex.quote(str(log))} -n {{total_ranks}} --nodes {{node_count}}"
-        super().__init__(["/bin/sh", "-c", "echo ran"], mpi=True, mpi_command_string=template)
-
-    def preprocess(
-        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[list[str], str | None]:
-        return [], None
-
-    def postprocess(self, run_dir: Path) -> str:
-        return (run_dir / "colmena.stdout").read_text().strip()
-
-
-FAKE_LAUNCHER = """#!/bin/sh
-# Fake mpiexec: record the arguments one per line, drop the launcher options, run the rest
-log="$1"; shift
-printf '%s\n' "$@" > "$log"
-shift 4
-exec "$@"
-"""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -169,45 +104,8 @@ def running_server(
     """Start a task server; on exit, stop it and check that it exited cleanly."""
     queues = PipeQueues()
     server = ParslTaskServer(methods, queues, config, **options)
-    server.start()
-    try:
+    with running_task_server(server, queues, timeout=WAIT):
         yield queues, server
-        queues.send_kill_signal()
-        server.join(WAIT)
-        assert server.exitcode == 0, f"task server exit code: {server.exitcode}"
-    finally:
-        if server.is_alive():
-            server.kill()
-            server.join(WAIT)
-
-
-def run(queues: PipeQueues, *args: Any, method: str, **options: Any) -> Result:
-    queues.send_inputs(*args, method=method, **options)
-    result = queues.get_result(timeout=WAIT)
-    assert result is not None
-    return result
-
-
-def assert_timings_ordered(result: Result) -> None:
-    times = [
-        result.time_created,
-        result.time_input_received,
-        result.time_compute_started,
-        result.time_compute_ended,
-        result.time_result_sent,
-        result.time_result_received,
-    ]
-    assert all(t is not None for t in times), times
-    assert times == sorted(times), times  # type: ignore[type-var]
-
-
-@pytest.fixture
-def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Executable tasks make their run directories here (inherited by the server)."""
-    path = tmp_path / "runs"
-    path.mkdir()
-    monkeypatch.setenv("COLMENA_RUN_DIR", str(path))
-    return path
 
 
 # ----------------------------------------------------------------------------- functions
@@ -303,26 +201,9 @@ def test_no_retries_by_default(tmp_path: Path) -> None:
 
 
 def test_kill_signal_lets_in_flight_tasks_finish(tmp_path: Path) -> None:
-    global _started, _gate
-    if mp.get_start_method() != "fork":
-        pytest.skip("the events reach the task server by fork")
-    _started, _gate = mp.Event(), mp.Event()
-    queues = PipeQueues()
-    server = ParslTaskServer([blocks_until_released], queues, thread_config(tmp_path))
-    server.start()
-    try:
-        queues.send_inputs(7, method="blocks_until_released")
-        assert _started.wait(WAIT), "the task never started"
-        queues.send_kill_signal()
-        _gate.set()
-        result = queues.get_result(timeout=WAIT)
-        server.join(WAIT)
-        assert result is not None and result.success and result.value == 7
-        assert server.exitcode == 0
-    finally:
-        if server.is_alive():
-            server.kill()
-            server.join(WAIT)
+    check_kill_signal_lets_in_flight_tasks_finish(
+        lambda queues: ParslTaskServer([blocks_until_released], queues, thread_config(tmp_path))
+    )
 
 
 def hang_forever(self: DataFlowKernel) -> None:
@@ -385,15 +266,12 @@ def test_failing_preprocess_ends_the_chain(tmp_path: Path, run_dirs: Path) -> No
 
 
 def test_mpi_launch_rendered_from_resources(tmp_path: Path, run_dirs: Path) -> None:
-    launcher = tmp_path / "fake-mpiexec"
-    launcher.write_text(FAKE_LAUNCHER)
-    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
-    log = tmp_path / "launcher-arguments"
-    with running_server([MpiRanks(launcher, log)], thread_config(tmp_path)) as (queues, _):
-        result = run(queues, method="mpiranks", resources={"node_count": 2, "cpu_processes": 3})
+    template, log = fake_mpi_launch(tmp_path, "-n {total_ranks} --nodes {node_count}")
+    with running_server([Ranks(template)], thread_config(tmp_path)) as (queues, _):
+        result = run(queues, method="ranks", resources={"node_count": 2, "cpu_processes": 3})
     assert result.success, result.failure_info
-    assert result.value == "ran"
-    assert log.read_text().splitlines() == ["-n", "6", "--nodes", "2", "/bin/sh", "-c", "echo ran"]
+    assert result.value == "done"
+    assert log.read_text().splitlines() == ["-n", "6", "--nodes", "2", "/bin/sh", "-c", "echo done"]
 
 
 def test_executable_task_pickles(tmp_path: Path) -> None:
@@ -414,10 +292,7 @@ def test_package_imports_without_parsl() -> None:
         "else:\n"
         "    raise AssertionError('ParslTaskServer imported without Parsl')\n"
     )
-    process = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT, check=False
-    )
-    assert process.returncode == 0, process.stderr
+    assert_python_runs(code)
 
 
 # ----------------------------------------------------------------------------- HTEX
@@ -436,7 +311,7 @@ def test_high_throughput_executor_end_to_end(
     tmp_path: Path, run_dirs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The executor starts its interchange and workers from the environment's bin/, and the
-    # workers import the methods of this module by name
+    # workers import the methods of this folder's modules by name
     monkeypatch.setenv(
         "PATH", os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     )

@@ -8,14 +8,13 @@ sleeps, and every wait has a timeout.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pika
 import pytest
@@ -32,8 +31,14 @@ from colmena_core.queue.rabbitmq import (
     list_dead_letters,
     queue_depths,
 )
-from colmena_core.task_server.local import LocalTaskServer
 from colmena_core.testing.brokers import ThrowawayCampaign
+from colmena_core.testing.task_servers import (
+    LocalServerStarter,
+    assert_no_more_results,
+    receive_results,
+    running_task_server,
+    stop_task_servers,
+)
 
 WAIT = 30.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
@@ -73,57 +78,6 @@ def serve_until_killed(queues: ColmenaQueues) -> None:
         task.deserialize()
         task.set_result(add(*task.args))
         queues.send_result(task)
-
-
-# ---------------------------------------------------------------- fixtures
-@pytest.fixture
-def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
-    """A campaign of this test only, deleted from the broker afterwards."""
-    with ThrowawayCampaign(rabbitmq_url, "queues-test") as campaign:
-        yield campaign
-
-
-ServerFactory = Callable[..., LocalTaskServer]
-
-
-@pytest.fixture
-def start_server() -> Iterator[ServerFactory]:
-    """Start ``LocalTaskServer`` processes; any still running at the end is killed."""
-    started: list[LocalTaskServer] = []
-
-    def start(queues: ColmenaQueues, methods: list[Any], **options: Any) -> LocalTaskServer:
-        options.setdefault("num_workers", 2)
-        options.setdefault("pool", "thread")
-        server = LocalTaskServer(methods, queues, **options)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.is_alive():
-            server.kill()
-        server.join(WAIT)
-
-
-def receive(queues: ColmenaQueues, count: int, topic: str = "default") -> list[Result]:
-    """Receive ``count`` results of one topic."""
-    results = [queues.get_result(topic, timeout=WAIT) for _ in range(count)]
-    assert all(result is not None for result in results)
-    return [result for result in results if result is not None]
-
-
-def assert_nothing_more(queues: ColmenaQueues, topic: str = "default") -> None:
-    with pytest.raises(TimeoutException):
-        queues.get_result(topic, timeout=0.5)
-
-
-def stop(queues: ColmenaQueues, *servers: LocalTaskServer) -> None:
-    """Send the kill signal and check that every server stops cleanly."""
-    queues.send_kill_signal()
-    for server in servers:
-        server.join(WAIT)
-        assert server.exitcode == 0, f"{server.name} exited with {server.exitcode}"
 
 
 # --------------------------------------------------------------- settings
@@ -224,13 +178,13 @@ def test_campaigns_on_one_broker_are_isolated(rabbitmq_url: str) -> None:
         thinker.send_result(task)
         result = thinker.get_result(timeout=WAIT)
         assert result is not None and (result.task_id, result.value) == (task_id, 3)
-        assert_nothing_more(thinker)
+        assert_no_more_results(thinker)
         result = other.get_result(timeout=WAIT)
         assert result is not None and result.value == 10
 
 
 def test_requests_are_routed_by_method(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     thinker = campaign.queues(methods=["add", "mul"])
     adder = start_server(campaign.queues(), [add])
@@ -241,7 +195,7 @@ def test_requests_are_routed_by_method(
         for i in range(10)
         for method in ("add", "mul")
     }
-    results = receive(thinker, len(sent))
+    results = receive_results(thinker, len(sent), timeout=WAIT)
     assert {r.task_id for r in results} == set(sent)
     for result in results:
         assert result.success, result.failure_info
@@ -249,11 +203,11 @@ def test_requests_are_routed_by_method(
         expected_server = adder if result.method == "add" else multiplier
         assert pid == expected_server.pid, f"{result.method} ran on the wrong task server"
         assert value == (result.args[0] + 3 if result.method == "add" else result.args[0] * 3)
-    stop(thinker, adder, multiplier)
+    stop_task_servers(thinker, adder, multiplier, timeout=WAIT)
 
 
 def test_task_servers_of_one_method_share_its_work(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     gated = Gated()
     thinker = campaign.queues(methods=["gated"])
@@ -267,11 +221,11 @@ def test_task_servers_of_one_method_share_its_work(
     other = thinker.get_result(timeout=WAIT)
     assert other is not None and other.task_id == first, other
     assert {result.value[1], other.value[1]} == {server.pid for server in servers}
-    stop(thinker, *servers)
+    stop_task_servers(thinker, *servers, timeout=WAIT)
 
 
 def test_kill_signal_reaches_every_task_server(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     thinker = campaign.queues(methods=["add", "mul"])
     servers = [start_server(campaign.queues(), [add]) for _ in range(2)]
@@ -280,16 +234,13 @@ def test_kill_signal_reaches_every_task_server(
     for i in range(40):
         thinker.send_inputs(i, 1, method="add")
     thinker.send_inputs(2, 2, method="mul")
-    receive(thinker, 41)
+    receive_results(thinker, 41, timeout=WAIT)
 
-    thinker.send_kill_signal()
-    for server in servers:
-        server.join(WAIT)
-        assert server.exitcode == 0
+    stop_task_servers(thinker, *servers, timeout=WAIT)
 
 
 def test_request_sent_before_its_server_started_reaches_it(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     # The thinker does not declare methods: a request for a method with no queue yet
     # waits among the unrouted requests...
@@ -304,7 +255,7 @@ def test_request_sent_before_its_server_started_reaches_it(
     assert result is not None and result.task_id == task_id
     assert result.success, result.failure_info
     assert result.value == (12, multiplier.pid)
-    stop(thinker, adder, multiplier)
+    stop_task_servers(thinker, adder, multiplier, timeout=WAIT)
 
 
 # ------------------------------------------------------ processes, threads
@@ -312,23 +263,15 @@ def test_pickled_into_a_spawned_child_process(campaign: ThrowawayCampaign) -> No
     queues = campaign.queues(["a"])
     queues.connect()  # the copy must make its own connection
     child = mp.get_context("spawn").Process(target=serve_until_killed, args=(queues,))
-    child.start()
-    try:
+    with running_task_server(child, queues, timeout=WAIT):
         sent = {queues.send_inputs(i, i, method="add", topic="a"): 2 * i for i in range(5)}
-        results = receive(queues, 5, topic="a")
+        results = receive_results(queues, 5, topic="a", timeout=WAIT)
         assert {r.task_id: r.value[0] for r in results} == sent
         assert all(r.value[1] == child.pid for r in results)
-        queues.send_kill_signal()
-        child.join(WAIT)
-        assert child.exitcode == 0
-    finally:
-        if child.is_alive():
-            child.kill()
-            child.join(WAIT)
 
 
 def test_many_agent_threads_share_one_queue_object(
-    campaign: ThrowawayCampaign, start_server: ServerFactory
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:
     agents, per_agent = 16, 20
     topics = [f"agent{i}" for i in range(agents)]
@@ -344,7 +287,7 @@ def test_many_agent_threads_share_one_queue_object(
                 thinker.send_inputs(offset, i, method="add", topic=topic): offset + i
                 for i in range(per_agent)
             }
-            results = receive(thinker, per_agent, topic)
+            results = receive_results(thinker, per_agent, topic, timeout=WAIT)
             assert {r.task_id: r.value[0] for r in results} == sent
             assert all(r.topic == topic for r in results)
         except BaseException as exc:
@@ -358,7 +301,7 @@ def test_many_agent_threads_share_one_queue_object(
     assert not any(thread.is_alive() for thread in threads)
     assert not errors, errors
     assert thinker.wait_until_done(timeout=0)
-    stop(thinker, server)
+    stop_task_servers(thinker, server, timeout=WAIT)
 
 
 def test_disconnect_waits_for_every_confirmation_then_reconnects_on_use(
@@ -411,3 +354,66 @@ def test_unroutable_result_is_dead_lettered(campaign: ThrowawayCampaign) -> None
     ]
     # Listing leaves them in place
     assert [d.body for d in server.dead_letters()] == [letters[0].body]
+
+
+# ------------------------------------------------------------------ cleanup
+def _queue_exists(url: str, queue: str) -> bool:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        connection.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 404, exc
+        return False
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def test_stopped_task_server_deletes_its_private_queues_quietly(
+    campaign: ThrowawayCampaign, caplog: pytest.LogCaptureFixture
+) -> None:
+    thinker, server = campaign.queues(methods=["add"]), campaign.queues(methods=["add"])
+    server.set_role("server")
+    server.prepare_server(["add"])
+    thinker.send_inputs(1, 2, method="add")
+    _, task = server.get_task(timeout=WAIT)  # the server now consumes its private queues
+    task.set_result(3)
+    server.send_result(task)
+    assert thinker.get_result(timeout=WAIT) is not None
+    server_id = server._get_session().server_id
+    names = server.names
+    private = [
+        names.control_queue(server_id),
+        names.lease_queue(server_id),
+        names.expired_lease_queue(server_id),
+    ]
+    assert all(_queue_exists(campaign.url, q) for q in private)
+
+    with caplog.at_level("WARNING", logger="colmena_core.queue.rabbitmq"):
+        server.disconnect()
+    assert not [q for q in private if _queue_exists(campaign.url, q)]
+    ours = [r for r in caplog.records if r.name.startswith("colmena_core")]
+    assert not [r.getMessage() for r in ours if r.levelno >= logging.WARNING]
+
+
+def test_deleting_a_campaign_removes_its_heartbeat_exchange(rabbitmq_url: str) -> None:
+    campaign = ThrowawayCampaign(rabbitmq_url, prefix="heartbeat-cleanup")
+    names = campaign.queues().names
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        connection.channel().exchange_declare(
+            names.heartbeats_exchange, exchange_type="fanout", durable=True
+        )
+    finally:
+        connection.close()
+    campaign.close()
+
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    try:
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as gone:
+            connection.channel().exchange_declare(names.heartbeats_exchange, passive=True)
+        assert gone.value.reply_code == 404
+    finally:
+        if connection.is_open:
+            connection.close()

@@ -218,6 +218,10 @@ class Result(BaseModel):
     def __init__(self, inputs: Inputs | str | bytes = ((), {}), **data: Any) -> None:
         super().__init__(inputs=inputs, **data)
 
+    # Only adds the positional argument: pydantic need not call it (and validate a second
+    # time) when it builds a Result from JSON or a dict
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     # ------------------------------------------------------------------ inputs
     @property
     def args(self) -> tuple[Any, ...]:

@@ -342,11 +342,14 @@ class ColmenaQueues(ABC):
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             message = self._get_request(remaining)
-            try:
-                task = decode_result(message)
-            except MessageDecodeError:
-                logger.exception("Dropped an undecodable task request")
-                continue
+            if isinstance(message, Result):
+                task = message
+            else:
+                try:
+                    task = decode_result(message)
+                except MessageDecodeError:
+                    logger.exception("Dropped an undecodable task request")
+                    continue
             task.mark_input_received()
             return task.topic, task
 
@@ -369,8 +372,8 @@ class ColmenaQueues(ABC):
         """Deliver an encoded task request to the task servers serving ``method``."""
 
     @abstractmethod
-    def _get_request(self, timeout: float | None) -> bytes:
-        """Wait for the next encoded task request.
+    def _get_request(self, timeout: float | None) -> bytes | Result:
+        """Wait for the next task request: encoded, or decoded if the transport had to.
 
         Raises:
             TimeoutException: nothing arrived within ``timeout`` seconds

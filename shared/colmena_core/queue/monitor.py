@@ -5,7 +5,7 @@ reconnect with back-off and never touch the queues of thinkers or task servers:
 
 * :class:`HeartbeatPublisher` is used by a task server to advertise who it is, which methods
   it serves and how busy it is. Heartbeats are JSON, non-persistent and expire after their
-  time to live, on the fanout exchange named by :func:`heartbeat_exchange`.
+  time to live, on the fanout exchange ``CampaignNames.heartbeats_exchange``.
 * :class:`CampaignMonitor` is used by dashboards and the gateway. It keeps a map of the
   live task servers from their heartbeats and binds a private, exclusive queue to the
   campaign's results exchange with ``#``, so it sees a copy of every result without taking
@@ -75,8 +75,15 @@ TIMING_FIELDS = (
 
 
 def heartbeat_exchange(campaign: str) -> str:
-    """Name of the fanout exchange of the heartbeats of a campaign's task servers."""
-    return f"{CampaignNames(campaign).prefix}.heartbeats"
+    """Name of the fanout exchange of the heartbeats of a campaign's task servers.
+
+    Shorthand for ``CampaignNames(campaign).heartbeats_exchange``, where the other names of
+    a campaign are.
+
+    Raises:
+        ValueError: ``campaign`` is not a valid campaign name
+    """
+    return CampaignNames(campaign).heartbeats_exchange
 
 
 def _parameters(url: str, timeout: float, heartbeat: int | None = 30) -> pika.URLParameters:
@@ -222,7 +229,7 @@ class HeartbeatPublisher:
     def __init__(self, url: str, campaign: str, connect_timeout: float = 10.0) -> None:
         self.url = url
         self.campaign = campaign
-        self.exchange = heartbeat_exchange(campaign)
+        self.exchange = CampaignNames(campaign).heartbeats_exchange
         self.connect_timeout = connect_timeout
         self._changed = threading.Condition()
         self._pending: tuple[bytes, float] | None = None
@@ -564,7 +571,7 @@ class CampaignMonitor:
             delay = min(delay * 2, _MAX_RECONNECT_DELAY)
 
     def _declare(self, channel: Any) -> str:
-        heartbeats = heartbeat_exchange(self.campaign)
+        heartbeats = self.names.heartbeats_exchange
         channel.exchange_declare(heartbeats, exchange_type="fanout", durable=True)
         channel.exchange_declare(self.names.results_exchange, exchange_type="topic", durable=True)
         frame = channel.queue_declare(

@@ -83,7 +83,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 
 from colmena_core.exceptions import KillSignalException, TimeoutException
 from colmena_core.models import Result, SerializationMethod
-from colmena_core.models.wire import MessageDecodeError, peek_header
+from colmena_core.models.wire import MessageDecodeError, decode_result, peek_header
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
 __all__ = [
@@ -182,6 +182,11 @@ class CampaignNames:
         return f"{self.prefix}.control"
 
     @property
+    def heartbeats_exchange(self) -> str:
+        """Fanout exchange of the task servers' heartbeats (:mod:`colmena_core.queue.monitor`)."""
+        return f"{self.prefix}.heartbeats"
+
+    @property
     def dead_exchange(self) -> str:
         """Fanout exchange of dead letters."""
         return f"{self.prefix}.dead"
@@ -252,6 +257,50 @@ _RESULT_DELIVERY_LIMIT = 1000
 
 # ------------------------------------------------------------ local state
 T = TypeVar("T")
+
+
+class _CoalescingConnection(AsyncioConnection):
+    """A pika asyncio connection that writes the frames of one loop pass with one ``send()``.
+
+    pika gives the socket every frame on its own: three ``send()`` calls per published
+    message and one per acknowledgement, which under load is a large part of a client's CPU
+    and many small packets for the broker to read. Here small frames wait in a buffer that
+    a callback scheduled on the loop writes out at once; a frame of
+    :attr:`COALESCE_LIMIT` bytes or more is written as it is (after what is buffered, so
+    the order holds) to avoid copying large bodies.
+    """
+
+    COALESCE_LIMIT = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        super().__init__(*args, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        if len(data) >= self.COALESCE_LIMIT:
+            self._flush_out()
+            super()._adapter_emit_data(data)
+            return
+        if not self._out:
+            self.ioloop.call_soon(self._flush_out)
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes >= self.COALESCE_LIMIT:
+            self._flush_out()
+
+    def _flush_out(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out = []
+        self._out_bytes = 0
+        if self._transport is not None:
+            super()._adapter_emit_data(data)
+
+    def _adapter_disconnect_stream(self) -> None:
+        self._flush_out()
+        super()._adapter_disconnect_stream()
 
 
 class _Inbox(Generic[T]):
@@ -358,6 +407,8 @@ class _Held:
     routing_key: str
     properties: Any
     delivery: _Delivery | None
+    task: Result | None = None
+    """The request decoded, for the caller (decoded once, when it arrives)."""
     leased: bool = False
     leasing: bool = False
 
@@ -383,7 +434,12 @@ class _Publish:
     barrier: bool = False
     """Publish only after every earlier message of the session is confirmed."""
     number: int = 0
-    publish_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Order of the message in its session (see ``_Session._enqueue``)."""
+
+    @property
+    def publish_id(self) -> str:
+        """Identifies a mandatory message the broker may return (unique in its session)."""
+        return str(self.number)
 
 
 class _ChannelClosedError(Exception):
@@ -444,6 +500,7 @@ class _Session:
         self._served: frozenset[str] | None = None
         # Loop-thread state
         self._closing = False
+        self._deleting_private = False
         self._connection: Any = None
         self._channel: Any = None
         self._generation = 0
@@ -470,13 +527,40 @@ class _Session:
         self._leased = 0
         self._pump_paused_until = 0.0
         self._background: set[asyncio.Task[Any]] = set()
+        # Hand-offs from caller threads, run by one loop wake-up per burst (see _call)
+        self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._calls_lock = threading.Lock()
+        self._calls_scheduled = False
         self._thread.start()
         self._call(self._spawn, self._maintain())
         self._call(self._spawn, self._housekeeping())
 
     # ================================================== caller-thread API
     def _call(self, function: Callable[..., Any], *args: Any) -> None:
-        self.loop.call_soon_threadsafe(function, *args)
+        """Run ``function(*args)`` in the I/O thread, in the order of the calls.
+
+        Waking the loop costs a write to its self-pipe and a pass of the loop: calls made
+        while a wake-up is pending join it instead of asking for another.
+        """
+        with self._calls_lock:
+            self._calls.append((function, args))
+            if self._calls_scheduled:
+                return
+            self._calls_scheduled = True
+        self.loop.call_soon_threadsafe(self._run_calls)
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._calls_lock:
+                calls, self._calls = self._calls, []
+                if not calls:
+                    self._calls_scheduled = False
+                    return
+            for function, args in calls:
+                try:
+                    function(*args)
+                except Exception:
+                    logger.exception("Work handed to the broker connection failed")
 
     def _run_coroutine(self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
@@ -666,7 +750,9 @@ class _Session:
 
     def _on_cancelled_by_broker(self, frame: Any) -> None:
         """A queue we consume went away: reconnect, which declares it again."""
-        if self._closing or self._connection is None or not self._connection.is_open:
+        if self._closing or self._deleting_private:
+            return
+        if self._connection is None or not self._connection.is_open:
             return
         logger.warning("The broker cancelled consumer %s; reconnecting", frame.method.consumer_tag)
         self._connection.close()
@@ -723,7 +809,7 @@ class _Session:
                 opened.set_exception(_ChannelClosedError(error))
 
         self._lost.clear()
-        self._connection = AsyncioConnection(
+        self._connection = _CoalescingConnection(
             parameters,
             on_open_callback=on_open,
             on_open_error_callback=on_open_error,
@@ -804,6 +890,9 @@ class _Session:
             ]
         if self._control_declared == self._generation:
             private.append(self.names.control_queue(self.server_id))
+        # Deleting a queue this session consumes makes the broker cancel the consumer: that
+        # is expected now, not a reason to reconnect
+        self._deleting_private = True
         for queue in private:
             with contextlib.suppress(_ChannelClosedError, TimeoutError):
                 await asyncio.wait_for(self._rpc(self._channel, "queue_delete", queue=queue), 5)
@@ -1095,7 +1184,7 @@ class _Session:
     ) -> None:
         delivery = self._delivery(method, properties, body)
         try:
-            header = peek_header(body)
+            header = decode_result(body)
         except MessageDecodeError as exc:
             logger.warning("Dead-lettering an undecodable request from %s: %s", queue, exc)
             self._settle(delivery, False, False)
@@ -1118,7 +1207,7 @@ class _Session:
             else:
                 entry.delivery = delivery
             return
-        entry = _Held(task_id, body, method.routing_key, properties, delivery)
+        entry = _Held(task_id, body, method.routing_key, properties, delivery, header)
         self._held[task_id] = entry
         with self._flags_lock:
             served = self._served
@@ -1695,10 +1784,12 @@ class RabbitMQQueues(ColmenaQueues):
             )
         )
 
-    def _get_request(self, timeout: float | None) -> bytes:
+    def _get_request(self, timeout: float | None) -> bytes | Result:
         session = self._get_session()
         session.want_server()
-        return session.take_request(timeout).body
+        entry = session.take_request(timeout)
+        task, entry.task = entry.task, None  # decoded on arrival; a second take decodes again
+        return entry.body if task is None else task
 
     def _send_result(self, message: bytes, result: Result) -> None:
         session = self._get_session()
@@ -1910,6 +2001,7 @@ def delete_campaign(
         names.unrouted_exchange,
         names.results_exchange,
         names.control_exchange,
+        names.heartbeats_exchange,
         names.dead_exchange,
         names.leases_exchange,
         names.expired_leases_exchange,

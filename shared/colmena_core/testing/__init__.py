@@ -1,4 +1,8 @@
-"""Helpers for testing Colmena applications and transports: finding or starting services."""
+"""Helpers for testing Colmena applications and transports.
+
+Finding or starting services (:mod:`.brokers`, :mod:`.redis`) and running task servers in
+tests (:mod:`.task_servers`).
+"""
 
 from __future__ import annotations
 
