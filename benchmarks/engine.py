@@ -24,7 +24,7 @@ from parsl.config import Config
 from proxystore.connectors.file import FileConnector
 from proxystore.store import Store, unregister_store
 
-from benchmarks.report import Measurement, percentile
+from benchmarks.report import MachineCpu, Measurement, percentile
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.task_server.parsl import local_config
@@ -82,13 +82,14 @@ def parsl_alone(result: Measurement, payload: Any, round_trips: int, tasks: int)
                 if remaining[0] == 0:
                     finished.set()
 
-        start = time.perf_counter()
-        for _ in range(tasks):
-            slots.acquire()
-            app(payload).add_done_callback(done)
-        if not finished.wait(timeout=600):
-            raise TimeoutError("Parsl did not finish the throughput run")
-        result.throughput.append(tasks / (time.perf_counter() - start))
+        with MachineCpu(result, tasks):
+            start = time.perf_counter()
+            for _ in range(tasks):
+                slots.acquire()
+                app(payload).add_done_callback(done)
+            if not finished.wait(timeout=600):
+                raise TimeoutError("Parsl did not finish the throughput run")
+            result.throughput.append(tasks / (time.perf_counter() - start))
     finally:
         dfk.cleanup()
         parsl.clear()
@@ -118,18 +119,19 @@ def colmena_parsl(
         result.round_trip_ms.append(median)
         result.round_trip_p99_ms.append(p99)
 
-        start = time.perf_counter()
-        sent = 0
-        for _ in range(min(IN_FLIGHT, tasks)):
-            queues.send_inputs(payload, method="noop")
-            sent += 1
-        for _ in range(tasks):
-            outcome = queues.get_result(timeout=120)
-            assert outcome is not None and outcome.success, outcome
-            if sent < tasks:
+        with MachineCpu(result, tasks):
+            start = time.perf_counter()
+            sent = 0
+            for _ in range(min(IN_FLIGHT, tasks)):
                 queues.send_inputs(payload, method="noop")
                 sent += 1
-        result.throughput.append(tasks / (time.perf_counter() - start))
+            for _ in range(tasks):
+                outcome = queues.get_result(timeout=120)
+                assert outcome is not None and outcome.success, outcome
+                if sent < tasks:
+                    queues.send_inputs(payload, method="noop")
+                    sent += 1
+            result.throughput.append(tasks / (time.perf_counter() - start))
     finally:
         queues.send_kill_signal()
         server.join(timeout=60)

@@ -23,7 +23,6 @@ import logging
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from websockets.sync.client import ClientConnection, connect
 from benchmarks.report import Measurement, percentile, table, verdict
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.local import LocalTaskServer
+from colmena_core.testing import free_port
 from colmena_core.testing.brokers import ThrowawayCampaign, acquire_rabbitmq
 
 logger = logging.getLogger(__name__)
@@ -59,16 +59,10 @@ def noop() -> None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _gateway(url: str, campaign: str, token: str) -> Iterator[str]:
     """A gateway process for the campaign; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "COLMENA_BROKER_URL": url,

@@ -46,8 +46,8 @@ class RawSetup:
         return f"{self.prefix}.replies"
 
 
-CpuProbe = Callable[[], tuple[float, float]]
-"""CPU seconds used so far by the client and by the server."""
+CpuProbe = Callable[[], tuple[float, float, float]]
+"""CPU seconds used so far by the client, by the server, and by the whole machine."""
 
 
 @dataclass
@@ -58,6 +58,8 @@ class RawFigures:
     throughput: float = float("nan")
     cpu_ms: tuple[float, float] = (float("nan"), float("nan"))
     """CPU milliseconds per task of the client and the server in the pipelined run"""
+    machine_cpu_ms: float = float("nan")
+    """CPU milliseconds per task of the whole machine (broker included), pipelined"""
 
 
 def _parameters(url: str, timeout: float = 10.0) -> pika.URLParameters:
@@ -226,7 +228,7 @@ class _Client(_Peer):
         self.figures = RawFigures()
         self.tasks = tasks
         self.cpu_probe = cpu_probe
-        self.cpu_started = (0.0, 0.0)
+        self.cpu_started = (0.0, 0.0, 0.0)
         # (requests, in flight, record round trips, when done)
         self.phases: list[tuple[int, int, bool, Callable[[], None]]] = [
             (warmup, 1, False, lambda: None),
@@ -299,11 +301,12 @@ class _Client(_Peer):
     def _throughput_done(self) -> None:
         self.figures.throughput = self.tasks / (time.perf_counter() - self.phase_started)
         if self.cpu_probe is not None and self.tasks:
-            client, server = self.cpu_probe()
+            client, server, machine = self.cpu_probe()
             self.figures.cpu_ms = (
                 1000 * (client - self.cpu_started[0]) / self.tasks,
                 1000 * (server - self.cpu_started[1]) / self.tasks,
             )
+            self.figures.machine_cpu_ms = 1000 * (machine - self.cpu_started[2]) / self.tasks
 
 
 def measure(
