@@ -78,9 +78,9 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
             f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} with Python "
             f"{platform.python_version()}; medians of {repeats} runs; HighThroughputExecutor "
             f"with 2 workers; throughput with {IN_FLIGHT} tasks in flight. The last column "
-            "is the CPU time of the whole machine (every process) per task in the throughput "
-            'run; "CPU allows" is the ratio of those costs, the most a machine whose cores '
-            "are all busy can give.",
+            "is the CPU time per task of every process of the run (Parsl's interchange and "
+            'workers included) in the throughput run; "CPU allows" is the ratio of those '
+            "costs, the most a machine whose cores are all busy can give.",
             table(
                 rows,
                 [
@@ -88,7 +88,7 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
                     "round trip, median (ms)",
                     "p99 (ms)",
                     "tasks/s",
-                    "machine CPU per task (ms)",
+                    "CPU per task, all (ms)",
                 ],
             ),
             table(bars, ["bar", "measured", "target", "verdict"]),

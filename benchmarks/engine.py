@@ -24,7 +24,7 @@ from parsl.config import Config
 from proxystore.connectors.file import FileConnector
 from proxystore.store import Store, unregister_store
 
-from benchmarks.report import MachineCpu, Measurement, percentile
+from benchmarks.report import Measurement, RunCpu, percentile
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.task_server.parsl import local_config
@@ -82,7 +82,7 @@ def parsl_alone(result: Measurement, payload: Any, round_trips: int, tasks: int)
                 if remaining[0] == 0:
                     finished.set()
 
-        with MachineCpu(result, tasks):
+        with RunCpu(result, tasks):
             start = time.perf_counter()
             for _ in range(tasks):
                 slots.acquire()
@@ -101,8 +101,12 @@ def colmena_parsl(
     round_trips: int,
     tasks: int,
     queues_factory: Callable[[], ColmenaQueues] = PipeQueues,
+    broker_port: int | None = None,
 ) -> None:
-    """Measure the same through a thinker, the queues and a ParslTaskServer process."""
+    """Measure the same through a thinker, the queues and a ParslTaskServer process.
+
+    ``broker_port`` names the broker whose CPU counts as the run's, if the queues use one.
+    """
     queues = queues_factory()
     server = ParslTaskServer([noop], queues, htex_config())
     server.start()
@@ -119,7 +123,7 @@ def colmena_parsl(
         result.round_trip_ms.append(median)
         result.round_trip_p99_ms.append(p99)
 
-        with MachineCpu(result, tasks):
+        with RunCpu(result, tasks, broker_port):
             start = time.perf_counter()
             sent = 0
             for _ in range(min(IN_FLIGHT, tasks)):

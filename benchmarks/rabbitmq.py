@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
 from typing import Any
 
+import pika
 import psutil
 
 from benchmarks import engine, raw_pika
@@ -38,8 +39,9 @@ from benchmarks.report import (
     Measurement,
     cpu_ceiling,
     cpu_cell,
-    machine_busy_seconds,
+    cpu_seconds_between,
     percentile,
+    run_cpu_seconds,
     table,
     verdict,
 )
@@ -195,16 +197,24 @@ def _pipelined(queues: RabbitMQQueues, tasks: int, in_flight: int) -> float:
     return tasks / (time.perf_counter() - start)
 
 
-def _cpu_probe(server_pid: int | None) -> raw_pika.CpuProbe:
-    """CPU seconds used so far by this process and by the server process."""
+def _broker_port(url: str) -> int:
+    return pika.URLParameters(url).port
+
+
+def _cpu_probe(server_pid: int | None, url: str) -> raw_pika.CpuProbe:
+    """CPU seconds used from now on by this process, by the server process, and by every
+    process of the run (the broker at ``url`` included)."""
     if server_pid is None:
         raise RuntimeError("The server process has not started")
     me = psutil.Process()
     server = psutil.Process(server_pid)
+    port = _broker_port(url)
+    start = run_cpu_seconds(port)
 
     def probe() -> tuple[float, float, float]:
         mine, theirs = me.cpu_times(), server.cpu_times()
-        return mine.user + mine.system, theirs.user + theirs.system, machine_busy_seconds()
+        run = cpu_seconds_between(start, run_cpu_seconds(port))
+        return mine.user + mine.system, theirs.user + theirs.system, run
 
     return probe
 
@@ -226,7 +236,7 @@ def _measure_queues(
     before = probe()
     result.throughput.append(_pipelined(queues, tasks, IN_FLIGHT))
     after = probe()
-    result.machine_cpu_ms.append(1000 * (after[2] - before[2]) / tasks)
+    result.run_cpu_ms.append(1000 * (after[2] - before[2]) / tasks)
     return 1000 * (after[0] - before[0]) / tasks, 1000 * (after[1] - before[1]) / tasks
 
 
@@ -263,7 +273,7 @@ def queue_echo(url: str, result: Measurement, round_trips: int, tasks: int) -> t
                 raise TimeoutError("The echo server did not connect")
             queues.set_role(QueueRole.CLIENT)
             queues.connect()
-            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid))
+            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid, url))
             queues.send_kill_signal()
         finally:
             _join(server)
@@ -281,7 +291,7 @@ def local_server(
         try:
             queues.set_role(QueueRole.CLIENT)
             queues.connect()
-            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid))
+            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid, url))
             queues.send_kill_signal()
         finally:
             _join(server)
@@ -310,7 +320,7 @@ def raw(
                 tasks,
                 IN_FLIGHT,
                 timeout=4 * RESULT_TIMEOUT,
-                cpu_probe=_cpu_probe(server.pid),
+                cpu_probe=_cpu_probe(server.pid, url),
             )
         finally:
             _join(server)
@@ -319,7 +329,7 @@ def raw(
     result.round_trip_ms.append(percentile(figures.round_trips_ms, 0.5))
     result.round_trip_p99_ms.append(percentile(figures.round_trips_ms, 0.99))
     result.throughput.append(figures.throughput)
-    result.machine_cpu_ms.append(figures.machine_cpu_ms)
+    result.run_cpu_ms.append(figures.run_cpu_ms)
     return figures.cpu_ms
 
 
@@ -331,7 +341,7 @@ def colmena_parsl(url: str, result: Measurement, round_trips: int, tasks: int) -
         def factory() -> RabbitMQQueues:
             return campaign.queues(methods=[_METHOD], prefetch=engine.IN_FLIGHT)
 
-        engine.colmena_parsl(result, None, round_trips, tasks, factory)
+        engine.colmena_parsl(result, None, round_trips, tasks, factory, _broker_port(url))
 
 
 # ------------------------------------------------------------ 4. scale
@@ -555,16 +565,17 @@ def section(results: RabbitMQResults) -> str:
         f"Pipelined runs keep {IN_FLIGHT} tasks in flight (prefetch {IN_FLIGHT}) for the queue "
         f"layer and {engine.IN_FLIGHT} for Parsl.",
         "**Queue layer** (no engine unless named; CPU columns are per task in the pipelined "
-        "run: of the thinker and the task server processes, then of the whole machine, "
-        "broker included):",
+        "run: of the thinker and the task server processes, then of every process of the "
+        "run, broker included):",
         table(
             queue_rows,
-            [*header, "CPU per task, thinker / server (ms)", "machine CPU per task (ms)"],
+            [*header, "CPU per task, thinker / server (ms)", "CPU per task, all (ms)"],
         ),
         '**Parsl HighThroughputExecutor** (2 workers; "CPU allows" below is Parsl alone\'s '
-        "machine CPU per task over ours: the most a machine whose cores are all busy can "
+        "CPU per task in all its processes over ours: the most a machine whose cores are all "
+        "busy can "
         "give):",
-        table(parsl_rows, [*header, "machine CPU per task (ms)"]),
+        table(parsl_rows, [*header, "CPU per task, all (ms)"]),
     ]
     s = results.scale
     if s is not None:

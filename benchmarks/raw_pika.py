@@ -47,7 +47,7 @@ class RawSetup:
 
 
 CpuProbe = Callable[[], tuple[float, float, float]]
-"""CPU seconds used so far by the client, by the server, and by the whole machine."""
+"""CPU seconds used so far by the client, by the server, and by every process of the run."""
 
 
 @dataclass
@@ -58,8 +58,8 @@ class RawFigures:
     throughput: float = float("nan")
     cpu_ms: tuple[float, float] = (float("nan"), float("nan"))
     """CPU milliseconds per task of the client and the server in the pipelined run"""
-    machine_cpu_ms: float = float("nan")
-    """CPU milliseconds per task of the whole machine (broker included), pipelined"""
+    run_cpu_ms: float = float("nan")
+    """CPU milliseconds per task of every process of the run (broker included), pipelined"""
 
 
 def _parameters(url: str, timeout: float = 10.0) -> pika.URLParameters:
@@ -306,7 +306,7 @@ class _Client(_Peer):
                 1000 * (client - self.cpu_started[0]) / self.tasks,
                 1000 * (server - self.cpu_started[1]) / self.tasks,
             )
-            self.figures.machine_cpu_ms = 1000 * (machine - self.cpu_started[2]) / self.tasks
+            self.figures.run_cpu_ms = 1000 * (machine - self.cpu_started[2]) / self.tasks
 
 
 def measure(

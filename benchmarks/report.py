@@ -26,8 +26,8 @@ class Measurement:
     round_trip_ms: list[float] = field(default_factory=list)
     round_trip_p99_ms: list[float] = field(default_factory=list)
     throughput: list[float] = field(default_factory=list)
-    machine_cpu_ms: list[float] = field(default_factory=list)
-    """CPU time of the whole machine (every process, broker included) per task, pipelined"""
+    run_cpu_ms: list[float] = field(default_factory=list)
+    """CPU time per task of every process of the run (broker and Parsl included), pipelined"""
     notes: str = ""
 
     @property
@@ -43,36 +43,87 @@ class Measurement:
         return statistics.median(self.throughput) if self.throughput else float("nan")
 
     @property
-    def machine_cpu(self) -> float:
-        return statistics.median(self.machine_cpu_ms) if self.machine_cpu_ms else float("nan")
+    def run_cpu(self) -> float:
+        return statistics.median(self.run_cpu_ms) if self.run_cpu_ms else float("nan")
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (not idle or waiting).
+RUN_MARKER = "colmena-bench-"
+"""Start of the names of the benchmarks' run directories: processes whose command line names
+one (Parsl's worker pools, which leave the process tree) belong to the run."""
 
-    The difference over a run, divided by its tasks, is the CPU each task cost across all
-    processes, the broker and Parsl's interchange and workers included: on a machine whose
-    cores are saturated, throughput is the cores divided by that cost.
+
+def _broker_pid(port: int) -> int | None:
+    """The process listening on ``port`` on this machine, if it can be seen."""
+    try:
+        connections = psutil.net_connections(kind="tcp")
+    except (psutil.AccessDenied, PermissionError):
+        return None
+    for connection in connections:
+        address = connection.laddr
+        if connection.status == psutil.CONN_LISTEN and address and address.port == port:
+            return connection.pid
+    return None
+
+
+def _run_processes(broker_port: int | None) -> list[psutil.Process]:
+    me = psutil.Process()
+    processes = {me.pid: me}
+    processes.update((p.pid, p) for p in me.children(recursive=True))
+    for process in psutil.process_iter(["cmdline"]):
+        if any(RUN_MARKER in part for part in process.info["cmdline"] or ()):
+            processes[process.pid] = process
+            processes.update((p.pid, p) for p in process.children(recursive=True))
+    if broker_port is not None:
+        pid = _broker_pid(broker_port)
+        if pid is not None:
+            processes[pid] = psutil.Process(pid)
+    return list(processes.values())
+
+
+def run_cpu_seconds(broker_port: int | None = None) -> dict[tuple[int, float], float]:
+    """CPU seconds used so far by each process taking part in a benchmark run.
+
+    Those are this process and its descendants, the processes whose command line names a
+    run directory (:data:`RUN_MARKER`) with their descendants, and the broker listening on
+    ``broker_port`` if given. Other work on a shared machine is not counted. Keys are
+    (pid, start time), so a reused pid is not mistaken for the same process.
     """
-    times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    seconds = {}
+    for process in _run_processes(broker_port):
+        try:
+            with process.oneshot():
+                times = process.cpu_times()
+                seconds[(process.pid, process.create_time())] = times.user + times.system
+        except psutil.Error:
+            continue
+    return seconds
 
 
-class MachineCpu:
-    """Measures :func:`machine_busy_seconds` per task over a block."""
+def cpu_seconds_between(
+    before: dict[tuple[int, float], float], after: dict[tuple[int, float], float]
+) -> float:
+    """CPU seconds the run's processes used between two :func:`run_cpu_seconds` readings."""
+    return sum(total - before.get(key, 0.0) for key, total in after.items())
 
-    def __init__(self, result: Measurement, tasks: int) -> None:
+
+class RunCpu:
+    """Records the CPU per task of every process of the run over a block (see
+    :func:`run_cpu_seconds`): on a machine whose cores are all busy, throughput is the cores
+    divided by that cost."""
+
+    def __init__(self, result: Measurement, tasks: int, broker_port: int | None = None) -> None:
         self.result = result
         self.tasks = tasks
+        self.broker_port = broker_port
 
-    def __enter__(self) -> MachineCpu:
-        self.start = machine_busy_seconds()
+    def __enter__(self) -> RunCpu:
+        self.start = run_cpu_seconds(self.broker_port)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            busy = machine_busy_seconds() - self.start
-            self.result.machine_cpu_ms.append(1000 * busy / self.tasks)
+            used = cpu_seconds_between(self.start, run_cpu_seconds(self.broker_port))
+            self.result.run_cpu_ms.append(1000 * used / self.tasks)
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -104,12 +155,12 @@ def write_section(path: Path, section: str, content: str) -> None:
 def cpu_ceiling(ours: Measurement, baseline: Measurement) -> float:
     """The throughput ratio ours / baseline that the machine's cores allow at most.
 
-    With every core busy, throughput is the cores divided by the CPU one task costs across
-    the machine, so the ratio cannot exceed baseline CPU / our CPU per task.
+    With every core busy, throughput is the cores divided by the CPU one task costs in all
+    the processes of the run, so the ratio cannot exceed baseline CPU / our CPU per task.
     """
-    return baseline.machine_cpu / ours.machine_cpu
+    return baseline.run_cpu / ours.run_cpu
 
 
 def cpu_cell(m: Measurement) -> str:
-    """The machine CPU per task of a measurement, for a table."""
-    return "—" if not m.machine_cpu_ms else f"{m.machine_cpu:.2f}"
+    """The CPU per task of every process of a run, for a table."""
+    return "—" if not m.run_cpu_ms else f"{m.run_cpu:.2f}"
