@@ -274,6 +274,24 @@ def test_in_chart_broker_is_a_statefulset_with_a_volume_and_a_consumer_timeout()
     assert set(secret["data"]) == {"username", "password", "url"}
 
 
+def test_gateway_replicas_keep_each_client_on_one_replica() -> None:
+    values = load_yaml(CI_VALUES["in-chart broker"])
+
+    def gateway_service(extra: dict[str, Any]) -> dict[str, Any]:
+        gateway = {**values.get("gateway", {}), **extra}
+        manifests = render({**values, "gateway": gateway})
+        return next(
+            m
+            for m in manifests
+            if m["kind"] == "Service" and m["metadata"]["name"].endswith("-gateway")
+        )
+
+    # Results acknowledged with ack=client are held by the replica that delivered them
+    assert gateway_service({"replicas": 3})["spec"]["sessionAffinity"] == "ClientIP"
+    service = {"service": {"type": "ClusterIP", "port": 8000, "sessionAffinity": "None"}}
+    assert gateway_service(service)["spec"]["sessionAffinity"] == "None"
+
+
 def test_external_broker_variant_runs_no_broker_and_reads_its_url_from_the_secret() -> None:
     manifests = render(load_yaml(CI_VALUES["external broker"]))
     assert not [m for m in manifests if m["kind"] == "StatefulSet"]
