@@ -34,7 +34,7 @@ SUITES: dict[str, str] = {
 
 def engine_section(results: dict[str, Measurement], repeats: int) -> str:
     """The Markdown of the engine suite (:mod:`benchmarks.engine`)."""
-    from benchmarks.engine import IN_FLIGHT
+    from benchmarks.engine import IN_FLIGHT, STORE_PARENT
 
     parsl, ours = results["parsl"], results["colmena"]
     parsl_big, ours_big = results["parsl-1mib"], results["colmena-1mib"]
@@ -80,7 +80,8 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
             f"with 2 workers; throughput with {IN_FLIGHT} tasks in flight. The last column "
             "is the CPU time per task of every process of the run (Parsl's interchange and "
             'workers included) in the throughput run; "CPU allows" is the ratio of those '
-            "costs, the most a machine whose cores are all busy can give.",
+            "costs, the most a machine whose cores are all busy can give. ProxyStore uses a "
+            f"FileConnector in {STORE_PARENT or 'the temporary directory'}.",
             table(
                 rows,
                 [
