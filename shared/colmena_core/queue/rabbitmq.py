@@ -54,7 +54,10 @@ dead-letter to ``.requests``: the task goes back to its method queue.
 Threads: pika is not thread-safe, so each process has one I/O thread (an asyncio loop that
 owns the one connection) and the caller's threads hand it work; deliveries wait for the
 callers in thread-safe inboxes with timeouts. Connections are made lazily, so the object
-pickles into a child process and connects there, and reconnect automatically.
+pickles into a child process and connects there, and reconnect automatically. The
+connection, its reconnection and the publishing with confirms are those of
+:class:`~colmena_core.queue.amqp.AmqpLink` (which the gateway uses too); this module adds
+the campaign's topology, consumers, leases and the hand-offs between threads.
 """
 
 from __future__ import annotations
@@ -62,7 +65,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import logging
 import os
 import re
@@ -79,11 +81,11 @@ from typing import Any, Generic, TypeVar
 
 import pika
 import pika.exceptions
-from pika.adapters.asyncio_connection import AsyncioConnection
 
 from colmena_core.exceptions import KillSignalException, TimeoutException
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.models.wire import MessageDecodeError, decode_result, peek_header
+from colmena_core.queue.amqp import AmqpLink, ChannelClosedError, Publication, redact_url
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
 __all__ = [
@@ -109,7 +111,6 @@ _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 _COMPLETED_KEPT = 100_000
 """How many finished task IDs a task server remembers to recognise redeliveries."""
 
-_MAX_RECONNECT_DELAY = 5.0
 _CONTENT_TYPE = "application/vnd.colmena"
 
 # Headers set by this module
@@ -259,50 +260,6 @@ _RESULT_DELIVERY_LIMIT = 1000
 T = TypeVar("T")
 
 
-class _CoalescingConnection(AsyncioConnection):
-    """A pika asyncio connection that writes the frames of one loop pass with one ``send()``.
-
-    pika gives the socket every frame on its own: three ``send()`` calls per published
-    message and one per acknowledgement, which under load is a large part of a client's CPU
-    and many small packets for the broker to read. Here small frames wait in a buffer that
-    a callback scheduled on the loop writes out at once; a frame of
-    :attr:`COALESCE_LIMIT` bytes or more is written as it is (after what is buffered, so
-    the order holds) to avoid copying large bodies.
-    """
-
-    COALESCE_LIMIT = 64 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        super().__init__(*args, **kwargs)
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if len(data) >= self.COALESCE_LIMIT:
-            self._flush_out()
-            super()._adapter_emit_data(data)
-            return
-        if not self._out:
-            self.ioloop.call_soon(self._flush_out)
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes >= self.COALESCE_LIMIT:
-            self._flush_out()
-
-    def _flush_out(self) -> None:
-        if not self._out:
-            return
-        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
-        self._out = []
-        self._out_bytes = 0
-        if self._transport is not None:
-            super()._adapter_emit_data(data)
-
-    def _adapter_disconnect_stream(self) -> None:
-        self._flush_out()
-        super()._adapter_disconnect_stream()
-
-
 class _Inbox(Generic[T]):
     """Items waiting for caller threads, with timeouts and a way to wake the waiters."""
 
@@ -418,36 +375,13 @@ class _Held:
 
 
 @dataclass(eq=False)
-class _Publish:
-    """A message to publish until the broker confirms it."""
+class _Publish(Publication):
+    """A message to publish until the broker confirms it, and who waits for it."""
 
-    exchange: str
-    routing_key: str
-    body: bytes
-    properties: Any
-    mandatory: bool = False
-    on_confirm: Callable[[bool], None] | None = None
-    """Called in the I/O thread with whether the broker returned the message (unroutable)."""
     waiter: concurrent.futures.Future[bool] | None = None
+    """Set (in the I/O thread) to whether the broker returned the message, once confirmed."""
     budget: int | None = None
     """Bytes held in the publish budget, released on confirmation."""
-    barrier: bool = False
-    """Publish only after every earlier message of the session is confirmed."""
-    number: int = 0
-    """Order of the message in its session (see ``_Session._enqueue``)."""
-
-    @property
-    def publish_id(self) -> str:
-        """Identifies a mandatory message the broker may return (unique in its session)."""
-        return str(self.number)
-
-
-class _ChannelClosedError(Exception):
-    """A channel or connection closed while an operation waited on it."""
-
-    def __init__(self, reason: BaseException | None) -> None:
-        super().__init__(repr(reason))
-        self.reply_code = getattr(reason, "reply_code", None)
 
 
 @dataclass(frozen=True)
@@ -474,8 +408,11 @@ class _Settings:
 class _Session:
     """The broker connection of one process: an I/O thread with an asyncio loop.
 
-    Everything touching pika runs in the loop. Caller threads use the public methods, which
-    hand work over with ``call_soon_threadsafe`` and wait on futures or inboxes.
+    Everything touching pika runs in the loop, where an :class:`~colmena_core.queue.amqp.AmqpLink`
+    owns the connection and publishes with confirms; the session adds the campaign's
+    topology, its consumers, the leases of long tasks and the hand-offs to caller threads.
+    Caller threads use the public methods, which hand work over with
+    ``call_soon_threadsafe`` and wait on futures or inboxes.
     """
 
     def __init__(self, settings: _Settings, role: QueueRole) -> None:
@@ -488,12 +425,21 @@ class _Session:
         self._thread = threading.Thread(
             target=self._run_loop, name=f"colmena-rabbitmq-{settings.client_id[:8]}", daemon=True
         )
+        self.link = AmqpLink(
+            settings.url,
+            connect_timeout=settings.connect_timeout,
+            heartbeat=settings.heartbeat,
+            max_unconfirmed=settings.max_pending,
+            label=f"Campaign {self.names.campaign}",
+            on_connected=self._on_connected,
+            on_ready=self._on_ready,
+            on_lost=self._on_lost,
+        )
         # Shared with callers (thread-safe objects)
         self.result_inboxes: dict[str, _Inbox[_Delivery]] = {t: _Inbox() for t in settings.topics}
         self.request_inbox: _Inbox[_Held] = _Inbox()
         self.budget = _PublishBudget(settings.max_pending, settings.max_pending_bytes)
         self.first_ready = threading.Event()
-        self.last_error: str | None = None
         self._flags_lock = threading.Lock()
         self._want_results = False
         self._server_wanted = False
@@ -501,19 +447,6 @@ class _Session:
         # Loop-thread state
         self._closing = False
         self._deleting_private = False
-        self._connection: Any = None
-        self._channel: Any = None
-        self._generation = 0
-        self._ready = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._waiters: dict[int, set[asyncio.Future[Any]]] = {}
-        self._outbox: deque[_Publish] = deque()
-        self._deferred: list[_Publish] = []
-        self._unconfirmed: dict[int, _Publish] = {}
-        self._returned: set[str] = set()
-        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
-        self._sequence = 0
-        self._numbers = itertools.count(1)
         self._results_consuming = -1
         self._server_ready = -1
         self._serving = -1
@@ -525,15 +458,19 @@ class _Session:
         self._held: dict[str, _Held] = {}
         self._completed: OrderedDict[str, None] = OrderedDict()
         self._leased = 0
-        self._pump_paused_until = 0.0
         self._background: set[asyncio.Task[Any]] = set()
         # Hand-offs from caller threads, run by one loop wake-up per burst (see _call)
         self._calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._calls_lock = threading.Lock()
         self._calls_scheduled = False
         self._thread.start()
-        self._call(self._spawn, self._maintain())
+        self._call(self.link.start, self.loop)
         self._call(self._spawn, self._housekeeping())
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the connection failed or was lost last (``None`` while connected)."""
+        return self.link.last_error
 
     # ================================================== caller-thread API
     def _call(self, function: Callable[..., Any], *args: Any) -> None:
@@ -582,13 +519,13 @@ class _Session:
         timeout = self.settings.connect_timeout if timeout is None else timeout
         if not self.first_ready.wait(timeout):
             raise BrokerConnectionError(
-                f"Could not connect to the RabbitMQ broker at {_redact(self.settings.url)} within "
+                f"Could not connect to the RabbitMQ broker at {redact_url(self.settings.url)} within "
                 f"{timeout} s: {self.last_error or 'no answer'}"
             )
 
     @property
     def connected(self) -> bool:
-        return self._ready.is_set()
+        return self.link.connected
 
     def set_role(self, role: QueueRole) -> None:
         with self._flags_lock:
@@ -699,131 +636,19 @@ class _Session:
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None and not self._closing:
             error = task.exception()
-            if not isinstance(error, _ChannelClosedError):
+            if not isinstance(error, ChannelClosedError):
                 logger.error("Background work on the broker connection failed", exc_info=error)
-
-    async def _rpc(self, channel: Any, method: str, **kwargs: Any) -> Any:
-        """Call a synchronous AMQP method of ``channel`` and wait for its answer."""
-        if channel is None or not channel.is_open:
-            raise _ChannelClosedError(None)
-        future: asyncio.Future[Any] = self.loop.create_future()
-
-        def answered(frame: Any) -> None:
-            if not future.done():
-                future.set_result(frame)
-
-        waiting = self._waiters.setdefault(channel.channel_number, set())
-        waiting.add(future)
-        try:
-            getattr(channel, method)(callback=answered, **kwargs)
-            return await future
-        finally:
-            waiting.discard(future)
-
-    async def _open_channel(self) -> Any:
-        if self._connection is None or not self._connection.is_open:
-            raise _ChannelClosedError(None)
-        future: asyncio.Future[Any] = self.loop.create_future()
-
-        def opened(channel: Any) -> None:
-            if not future.done():
-                future.set_result(channel)
-
-        channel = self._connection.channel(on_open_callback=opened)
-        channel.add_on_close_callback(self._on_any_channel_closed)
-        self._waiters.setdefault(channel.channel_number, set()).add(future)
-        try:
-            return await future
-        finally:
-            self._waiters[channel.channel_number].discard(future)
-
-    def _on_any_channel_closed(self, channel: Any, reason: BaseException) -> None:
-        for future in self._waiters.pop(channel.channel_number, set()):
-            if not future.done():
-                future.set_exception(_ChannelClosedError(reason))
-        if channel is self._channel and not self._closing:
-            logger.warning("The broker closed the channel: %s; reconnecting", reason)
-            self.last_error = str(reason)
-            if self._connection is not None and self._connection.is_open:
-                self._connection.close()
-            self._lost.set()
 
     def _on_cancelled_by_broker(self, frame: Any) -> None:
         """A queue we consume went away: reconnect, which declares it again."""
         if self._closing or self._deleting_private:
             return
-        if self._connection is None or not self._connection.is_open:
-            return
-        logger.warning("The broker cancelled consumer %s; reconnecting", frame.method.consumer_tag)
-        self._connection.close()
-
-    def _on_connection_closed(self, connection: Any, reason: BaseException) -> None:
-        if connection is not self._connection:
-            return
-        for waiting in self._waiters.values():
-            for future in waiting:
-                if not future.done():
-                    future.set_exception(_ChannelClosedError(reason))
-        self._waiters.clear()
-        if not self._closing:
-            logger.warning("Lost the connection to the broker: %r; reconnecting", reason)
-            self.last_error = repr(reason)
-        self._lost.set()
+        self.link.reconnect(f"The broker cancelled consumer {frame.method.consumer_tag}")
 
     # =============================================== loop: connection life
-    async def _maintain(self) -> None:
-        """Connect, set up, wait for a loss, repeat with back-off until closed."""
-        delay = 0.1
-        while not self._closing:
-            try:
-                await self._connect()
-                delay = 0.1
-                await self._lost.wait()
-            except _ChannelClosedError as exc:
-                self.last_error = self.last_error or str(exc)
-            except Exception as exc:
-                self.last_error = repr(exc)
-                logger.warning("Could not set up the broker connection: %r", exc)
-            finally:
-                self._on_lost()
-            if self._closing:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_RECONNECT_DELAY)
-
-    async def _connect(self) -> None:
-        parameters = pika.URLParameters(self.settings.url)
-        if self.settings.heartbeat is not None:
-            parameters.heartbeat = self.settings.heartbeat
-        parameters.connection_attempts = 1
-        parameters.socket_timeout = self.settings.connect_timeout
-        parameters.stack_timeout = self.settings.connect_timeout
-        opened: asyncio.Future[Any] = self.loop.create_future()
-
-        def on_open(connection: Any) -> None:
-            if not opened.done():
-                opened.set_result(connection)
-
-        def on_open_error(connection: Any, error: BaseException) -> None:
-            if not opened.done():
-                opened.set_exception(_ChannelClosedError(error))
-
-        self._lost.clear()
-        self._connection = _CoalescingConnection(
-            parameters,
-            on_open_callback=on_open,
-            on_open_error_callback=on_open_error,
-            on_close_callback=self._on_connection_closed,
-            custom_ioloop=self.loop,
-        )
-        await asyncio.wait_for(opened, self.settings.connect_timeout + 5)
-        channel = await self._open_channel()
-        channel.add_on_return_callback(self._on_returned)
-        channel.add_on_cancel_callback(self._on_cancelled_by_broker)
-        await self._rpc(channel, "confirm_delivery", ack_nack_callback=self._on_confirmation)
-        self._generation += 1
-        self._channel = channel
-        self._sequence = 0
+    async def _on_connected(self) -> None:
+        """Declare the topology on a new connection, before anything is published."""
+        self.link.channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         await self._declare_common()
         with self._flags_lock:
             role = self.role
@@ -831,29 +656,16 @@ class _Session:
             await self._declare_client()
         if role is not QueueRole.CLIENT:
             await self._declare_control()
-        self._ready.set()
+
+    def _on_ready(self) -> None:
         self.first_ready.set()
-        self.last_error = None
-        logger.info("Connected to the broker (campaign %s)", self.names.campaign)
-        self._pump()
         self._kick()
 
     def _on_lost(self) -> None:
-        """Forget the state of a lost channel; keep what must be published again."""
-        self._ready.clear()
-        channel, self._channel = self._channel, None
-        connection, self._connection = self._connection, None
-        if connection is not None and connection.is_open:
-            with contextlib.suppress(Exception):
-                connection.close()
-        if channel is not None:
-            self._waiters.pop(channel.channel_number, None)
-        for number in sorted(self._unconfirmed, reverse=True):
-            self._outbox.appendleft(self._unconfirmed.pop(number))
-        self._returned.clear()
+        """Forget the deliveries and consumers of a lost connection."""
         self._request_tags = []
         self._request_prefetch = 0
-        generation = self._generation
+        generation = self.link.generation
         # Unacknowledged deliveries of the lost channel come back from the broker
         for inbox in self.result_inboxes.values():
             inbox.remove_if(lambda d: d.generation == generation)
@@ -866,69 +678,55 @@ class _Session:
             self._held.pop(entry.task_id, None)
 
     async def _close(self, timeout: float) -> None:
+        link = self.link
         deadline = self.loop.time() + timeout
-        serving = self._ready.is_set() and self._serving == self._generation
+        serving = link.connected and self._serving == link.generation
         if serving:
-            with contextlib.suppress(_ChannelClosedError):
+            with contextlib.suppress(ChannelClosedError):
                 await self._stop_serving()
-        while self._outbox or self._unconfirmed or self._deferred:
-            if self.loop.time() >= deadline:
-                logger.error(
-                    "Closing with %d messages the broker has not confirmed",
-                    len(self._outbox) + len(self._unconfirmed) + len(self._deferred),
-                )
-                break
-            if self._ready.is_set():
-                await self._wait_barrier(next(self._numbers), deadline - self.loop.time())
-            else:
-                await asyncio.sleep(0.05)
+        if not await link.drain(deadline - self.loop.time()):
+            logger.error("Closing with %d messages the broker has not confirmed", link.pending)
         private = []
         if serving:
             private += [
                 self.names.lease_queue(self.server_id),
                 self.names.expired_lease_queue(self.server_id),
             ]
-        if self._control_declared == self._generation:
+        if self._control_declared == link.generation:
             private.append(self.names.control_queue(self.server_id))
         # Deleting a queue this session consumes makes the broker cancel the consumer: that
         # is expected now, not a reason to reconnect
         self._deleting_private = True
         for queue in private:
-            with contextlib.suppress(_ChannelClosedError, TimeoutError):
-                await asyncio.wait_for(self._rpc(self._channel, "queue_delete", queue=queue), 5)
+            with contextlib.suppress(ChannelClosedError, TimeoutError):
+                await asyncio.wait_for(link.rpc(link.channel, "queue_delete", queue=queue), 5)
         self._closing = True
-        self._ready.clear()
-        self._lost.clear()
-        if self._connection is not None and self._connection.is_open:
-            self._connection.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), 5)
-        self._lost.set()
+        await link.close()
 
     # ================================================== loop: topology
     async def _declare_queue(
         self, name: str, arguments: dict[str, Any], durable: bool = True
     ) -> None:
         """Declare a queue; if it exists with other arguments, use it as it is."""
-        channel = await self._open_channel()
+        channel = await self.link.open_channel()
         try:
-            await self._rpc(
+            await self.link.rpc(
                 channel, "queue_declare", queue=name, durable=durable, arguments=arguments
             )
-        except _ChannelClosedError as exc:
+        except ChannelClosedError as exc:
             if exc.reply_code != 406:
                 raise
             logger.warning(
                 "Queue %s exists with other settings than %s; using it as it is", name, arguments
             )
-            channel = await self._open_channel()
-            await self._rpc(channel, "queue_declare", queue=name, passive=True)
+            channel = await self.link.open_channel()
+            await self.link.rpc(channel, "queue_declare", queue=name, passive=True)
         finally:
             if channel.is_open:
                 channel.close()
 
     async def _declare_common(self) -> None:
-        names, channel = self.names, self._channel
+        names, channel = self.names, self.link.channel
         exchanges = [
             (names.unrouted_exchange, "fanout", None),
             (names.requests_exchange, "direct", {"alternate-exchange": names.unrouted_exchange}),
@@ -939,7 +737,7 @@ class _Session:
             (names.expired_leases_exchange, "headers", None),
         ]
         for exchange, kind, arguments in exchanges:
-            await self._rpc(
+            await self.link.rpc(
                 channel,
                 "exchange_declare",
                 exchange=exchange,
@@ -948,7 +746,7 @@ class _Session:
                 arguments=arguments,
             )
         await self._declare_queue(names.dead_letter_queue, {"x-queue-type": "classic"})
-        await self._rpc(
+        await self.link.rpc(
             channel, "queue_bind", queue=names.dead_letter_queue, exchange=names.dead_exchange
         )
         await self._declare_request_queues(names.unrouted_queue, ())
@@ -957,14 +755,17 @@ class _Session:
         arguments = _quorum_arguments(self.settings.delivery_limit, self.names.dead_exchange)
         if unrouted is not None:
             await self._declare_queue(unrouted, arguments)
-            await self._rpc(
-                self._channel, "queue_bind", queue=unrouted, exchange=self.names.unrouted_exchange
+            await self.link.rpc(
+                self.link.channel,
+                "queue_bind",
+                queue=unrouted,
+                exchange=self.names.unrouted_exchange,
             )
         for method in methods:
             queue = self.names.request_queue(method)
             await self._declare_queue(queue, arguments)
-            await self._rpc(
-                self._channel,
+            await self.link.rpc(
+                self.link.channel,
                 "queue_bind",
                 queue=queue,
                 exchange=self.names.requests_exchange,
@@ -977,8 +778,8 @@ class _Session:
         for topic in self.settings.topics:
             queue = self.names.result_queue(client, topic)
             await self._declare_queue(queue, arguments)
-            await self._rpc(
-                self._channel,
+            await self.link.rpc(
+                self.link.channel,
                 "queue_bind",
                 queue=queue,
                 exchange=self.names.results_exchange,
@@ -995,10 +796,10 @@ class _Session:
         await self._declare_queue(
             queue, {"x-queue-type": "classic", "x-expires": self._idle_expiry_ms()}
         )
-        await self._rpc(
-            self._channel, "queue_bind", queue=queue, exchange=self.names.control_exchange
+        await self.link.rpc(
+            self.link.channel, "queue_bind", queue=queue, exchange=self.names.control_exchange
         )
-        self._control_declared = self._generation
+        self._control_declared = self.link.generation
 
     async def _declare_leases(self) -> None:
         names, ttl = self.names, int(self.settings.lease_ttl * 1000)
@@ -1018,28 +819,28 @@ class _Session:
             arguments = _quorum_arguments(None, target)
             arguments.update({"x-message-ttl": ttl, "x-expires": self._idle_expiry_ms()})
             await self._declare_queue(queue, arguments)
-            await self._rpc(
-                self._channel, "queue_bind", queue=queue, exchange=exchange, arguments=binding
+            await self.link.rpc(
+                self.link.channel, "queue_bind", queue=queue, exchange=exchange, arguments=binding
             )
 
     # ================================================ loop: consumers
     def _kick(self) -> None:
         """Start the consumers that callers asked for since the last connection."""
-        if not self._ready.is_set() or self._closing:
+        if not self.link.connected or self._closing:
             return
         with self._flags_lock:
             want_results, want_server = self._want_results, self._server_wanted
-        if want_results and self._results_consuming != self._generation:
-            self._results_consuming = self._generation
+        if want_results and self._results_consuming != self.link.generation:
+            self._results_consuming = self.link.generation
             self._spawn(self._consume_results())
-        if want_server and self._server_ready != self._generation:
-            self._server_ready = self._generation
+        if want_server and self._server_ready != self.link.generation:
+            self._server_ready = self.link.generation
             self._spawn(self._start_serving())
 
     async def _consume(self, queue: str, callback: Callable[..., None], prefetch: int) -> str:
-        await self._rpc(self._channel, "basic_qos", prefetch_count=prefetch)
-        frame = await self._rpc(
-            self._channel, "basic_consume", queue=queue, on_message_callback=callback
+        await self.link.rpc(self.link.channel, "basic_qos", prefetch_count=prefetch)
+        frame = await self.link.rpc(
+            self.link.channel, "basic_consume", queue=queue, on_message_callback=callback
         )
         return str(frame.method.consumer_tag)
 
@@ -1049,7 +850,7 @@ class _Session:
             await self._consume(queue, partial(self._on_result, topic), self.settings.prefetch)
 
     async def _start_serving(self) -> None:
-        generation = self._generation
+        generation = self.link.generation
         with self._flags_lock:
             served = self._served
         await self._declare_request_queues(None, sorted(served or ()))
@@ -1083,15 +884,15 @@ class _Session:
         self._reconsuming = True
         try:
             while (
-                self._ready.is_set()
-                and self._serving == self._generation
+                self.link.connected
+                and self._serving == self.link.generation
                 and not self._serving_stopped
             ):
                 wanted = max(self.settings.prefetch - self._leased, 0)
                 if wanted == self._request_prefetch and (self._request_tags or wanted == 0):
                     return
                 for tag in self._request_tags:
-                    await self._rpc(self._channel, "basic_cancel", consumer_tag=tag)
+                    await self.link.rpc(self.link.channel, "basic_cancel", consumer_tag=tag)
                 self._request_tags = []
                 self._request_prefetch = wanted
                 if wanted:
@@ -1104,9 +905,9 @@ class _Session:
     async def _stop_serving(self) -> None:
         """Stop taking requests; give back those not started; keep long tasks' work safe."""
         self._serving_stopped = True
-        with contextlib.suppress(_ChannelClosedError):
+        with contextlib.suppress(ChannelClosedError):
             for tag in self._request_tags:
-                await self._rpc(self._channel, "basic_cancel", consumer_tag=tag)
+                await self.link.rpc(self.link.channel, "basic_cancel", consumer_tag=tag)
         self._request_tags = []
         for entry in self.request_inbox.remove_if(lambda e: True):
             self._held.pop(entry.task_id, None)
@@ -1119,16 +920,13 @@ class _Session:
 
     # ======================================== loop: receiving messages
     def _settle(self, delivery: _Delivery, ack: bool, requeue: bool) -> None:
-        if (
-            delivery.generation != self._generation
-            or self._channel is None
-            or not self._channel.is_open
-        ):
+        channel = self.link.channel
+        if delivery.generation != self.link.generation or channel is None or not channel.is_open:
             return  # the broker already gave it back when that channel closed
         if ack:
-            self._channel.basic_ack(delivery.tag)
+            channel.basic_ack(delivery.tag)
         else:
-            self._channel.basic_nack(delivery.tag, requeue=requeue)
+            channel.basic_nack(delivery.tag, requeue=requeue)
 
     def _release(self, entry: _Held, ack: bool = True) -> None:
         """Acknowledge (or give back) the delivery a held request came with, once."""
@@ -1138,7 +936,7 @@ class _Session:
 
     def _delivery(self, method: Any, properties: Any, body: bytes) -> _Delivery:
         return _Delivery(
-            method.delivery_tag, self._generation, method.routing_key, properties, body
+            method.delivery_tag, self.link.generation, method.routing_key, properties, body
         )
 
     def _on_result(
@@ -1155,17 +953,17 @@ class _Session:
         """Raise the kill signal to a caller once no request queued before it is waiting."""
         while not self._closing:
             try:
-                await self._ready.wait()
+                await self.link.wait_ready()
                 if not len(self.request_inbox):
                     waiting = 0
                     for queue in self._request_queues():
-                        frame = await self._rpc(
-                            self._channel, "queue_declare", queue=queue, passive=True
+                        frame = await self.link.rpc(
+                            self.link.channel, "queue_declare", queue=queue, passive=True
                         )
                         waiting += frame.method.message_count
                     if not waiting and not len(self.request_inbox):
                         break
-            except _ChannelClosedError:
+            except ChannelClosedError:
                 pass
             await asyncio.sleep(0.05)
         self.request_inbox.signal()
@@ -1202,7 +1000,7 @@ class _Session:
         entry = self._held.get(task_id)
         if entry is not None:  # a copy of a request we hold: keep one unacknowledged copy
             current = entry.delivery
-            if entry.leased or (current is not None and current.generation == self._generation):
+            if entry.leased or (current is not None and current.generation == self.link.generation):
                 self._settle(delivery, True, False)
             else:
                 entry.delivery = delivery
@@ -1224,10 +1022,10 @@ class _Session:
     async def _reroute(self, entry: _Held, method: str) -> None:
         """Send a request that came unrouted to its method queue, if one appeared since."""
         exists = False
-        with contextlib.suppress(_ChannelClosedError):
-            channel = await self._open_channel()
+        with contextlib.suppress(ChannelClosedError):
+            channel = await self.link.open_channel()
             try:
-                await self._rpc(
+                await self.link.rpc(
                     channel, "queue_declare", queue=self.names.request_queue(method), passive=True
                 )
                 exists = True
@@ -1372,121 +1170,30 @@ class _Session:
 
     # ================================================= loop: publishing
     def _enqueue(self, publish: _Publish) -> None:
-        publish.number = next(self._numbers)
-        if publish.barrier:
-            self._deferred.append(publish)
-            self._release_deferred()
-        else:
-            self._outbox.append(publish)
-        self._pump()
+        """Publish through the link; the budget and the waiter are settled on confirmation."""
+        publish.on_confirm = partial(self._confirmed, publish, publish.on_confirm)
+        self.link.publish(publish)
 
-    def _abandon(self, publish: _Publish) -> None:
-        """Forget a message whose sender stopped waiting, unless it is already on the wire."""
-        for pending in (self._outbox, self._deferred):
-            if publish in pending:
-                pending.remove(publish)
-                self._finish(publish, False, notify=False)
-        self._release_deferred()
-        self._pump()
-
-    def _oldest_pending(self, deferred: bool) -> float:
-        pending = itertools.chain(
-            self._outbox, self._unconfirmed.values(), self._deferred if deferred else ()
-        )
-        return min((p.number for p in pending), default=float("inf"))
-
-    def _release_deferred(self) -> None:
-        if self._deferred:
-            oldest = self._oldest_pending(deferred=False)
-            for publish in [p for p in self._deferred if p.number < oldest]:
-                self._deferred.remove(publish)
-                self._outbox.append(publish)
-        if self._barriers:
-            oldest = self._oldest_pending(deferred=True)
-            for barrier in [b for b in self._barriers if b[0] <= oldest]:
-                self._barriers.remove(barrier)
-                if not barrier[1].done():
-                    barrier[1].set_result(None)
-
-    async def _wait_barrier(self, number: int, timeout: float) -> None:
-        """Wait until every message enqueued before ``number`` is confirmed."""
-        future: asyncio.Future[None] = self.loop.create_future()
-        self._barriers.append((number, future))
-        self._release_deferred()
+    def _confirmed(
+        self, publish: _Publish, then: Callable[[bool], None] | None, returned: bool
+    ) -> None:
+        self._release_budget(publish)
         try:
-            await asyncio.wait_for(future, max(timeout, 0.01))
-        except TimeoutError:
-            pass
+            if then is not None:
+                then(returned)
+        finally:
+            if publish.waiter is not None and not publish.waiter.done():
+                publish.waiter.set_result(returned)
 
-    def _pump(self) -> None:
-        channel = self._channel
-        if not self._ready.is_set() or channel is None:
-            return
-        if self.loop.time() < self._pump_paused_until:
-            return
-        while self._outbox and len(self._unconfirmed) < self.settings.max_pending:
-            publish = self._outbox.popleft()
-            properties = publish.properties
-            if publish.mandatory:
-                headers = dict(properties.headers or {})
-                headers["colmena-publish-id"] = publish.publish_id
-                properties = _copy_properties(properties, headers)
-            try:
-                channel.basic_publish(
-                    publish.exchange,
-                    publish.routing_key,
-                    publish.body,
-                    properties,
-                    mandatory=publish.mandatory,
-                )
-            except Exception as exc:  # the channel is closing: publish again after reconnecting
-                logger.debug("Could not publish (%r); will retry", exc)
-                self._outbox.appendleft(publish)
-                return
-            self._sequence += 1
-            self._unconfirmed[self._sequence] = publish
-
-    def _on_returned(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        publish_id = (properties.headers or {}).get("colmena-publish-id")
-        if publish_id:
-            self._returned.add(str(publish_id))
-
-    def _on_confirmation(self, frame: Any) -> None:
-        method = frame.method
-        tag = method.delivery_tag
-        numbers = [n for n in self._unconfirmed if n <= tag] if method.multiple else [tag]
-        refused: list[_Publish] = []
-        for number in sorted(numbers):
-            publish = self._unconfirmed.pop(number, None)
-            if publish is None:
-                continue
-            if isinstance(method, pika.spec.Basic.Nack):
-                refused.append(publish)
-                continue
-            returned = publish.publish_id in self._returned
-            self._returned.discard(publish.publish_id)
-            self._finish(publish, returned)
-        if refused:  # still pending, so barriers keep waiting; published again shortly
-            logger.warning("The broker refused %d messages; publishing them again", len(refused))
-            self._outbox.extendleft(reversed(refused))
-            self._pump_paused_until = self.loop.time() + 0.5
-            self.loop.call_later(0.5, self._pump)
-        self._release_deferred()
-        self._pump()
-
-    def _finish(self, publish: _Publish, returned: bool, notify: bool = True) -> None:
+    def _release_budget(self, publish: _Publish) -> None:
         if publish.budget is not None:
             self.budget.release(publish.budget)
             publish.budget = None
-        if not notify:
-            return
-        if publish.on_confirm is not None:
-            try:
-                publish.on_confirm(returned)
-            except Exception:
-                logger.exception("Failed to act on the confirmation of a message")
-        if publish.waiter is not None and not publish.waiter.done():
-            publish.waiter.set_result(returned)
+
+    def _abandon(self, publish: _Publish) -> None:
+        """Forget a message whose sender stopped waiting, unless it is already on the wire."""
+        if self.link.abandon(publish):
+            self._release_budget(publish)
 
     # ================================================ loop: housekeeping
     async def _housekeeping(self) -> None:
@@ -1497,7 +1204,7 @@ class _Session:
         last_redeclare = self.loop.time()
         while not self._closing:
             await asyncio.sleep(period)
-            if not self._ready.is_set():
+            if not self.link.connected:
                 continue
             now = time.monotonic()
             for entry in list(self._held.values()):
@@ -1506,7 +1213,7 @@ class _Session:
                     delivery is not None
                     and not entry.leased
                     and not entry.leasing
-                    and delivery.generation == self._generation
+                    and delivery.generation == self.link.generation
                     and now - delivery.received > settings.lease_after
                 ):
                     logger.info("Task %s is held for long: moving it to a lease", entry.task_id)
@@ -1516,20 +1223,20 @@ class _Session:
                     self._settle(stale, False, True)
             if self.loop.time() - last_redeclare > redeclare_every:
                 last_redeclare = self.loop.time()
-                with contextlib.suppress(_ChannelClosedError):
-                    if self._control_declared == self._generation:
+                with contextlib.suppress(ChannelClosedError):
+                    if self._control_declared == self.link.generation:
                         await self._declare_control()
-                    if self._server_ready == self._generation:
+                    if self._server_ready == self.link.generation:
                         await self._declare_leases()
 
     async def _flush(self, queues: list[str]) -> None:
-        await self._ready.wait()
-        await self._wait_barrier(next(self._numbers), self.settings.publish_timeout)
+        await self.link.wait_ready()
+        await self.link.wait_confirmed(self.settings.publish_timeout)
         for queue in queues:
-            with contextlib.suppress(_ChannelClosedError):
-                channel = await self._open_channel()
+            with contextlib.suppress(ChannelClosedError):
+                channel = await self.link.open_channel()
                 try:
-                    await self._rpc(channel, "queue_purge", queue=queue)
+                    await self.link.rpc(channel, "queue_purge", queue=queue)
                 finally:
                     if channel.is_open:
                         channel.close()
@@ -1566,11 +1273,6 @@ def _copy_properties(properties: Any, headers: dict[str, Any] | None) -> Any:
         user_id=None,
         app_id=properties.app_id,
     )
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 # The per-process session of each queue object; reset in a forked child before first use
