@@ -27,12 +27,13 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
-__all__ = ["GatewayClient", "GatewayError"]
+__all__ = ["GatewayClient", "GatewayError", "SubmissionError"]
 
 _API = "/api/v1"
 _SEEN_KEPT = 100_000
@@ -45,6 +46,19 @@ class GatewayError(Exception):
         super().__init__(f"HTTP {status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
+
+
+class SubmissionError(GatewayError):
+    """Some batches of :meth:`GatewayClient.submit_many` were refused.
+
+    :attr:`task_ids` has one entry per task, in order: its ID if the gateway accepted it (it
+    will run), ``None`` if not. :attr:`status_code` and :attr:`detail` are those of the
+    first refusal.
+    """
+
+    def __init__(self, first: GatewayError, task_ids: list[str | None]) -> None:
+        super().__init__(first.status_code, first.detail)
+        self.task_ids = task_ids
 
 
 class GatewayClient:
@@ -166,9 +180,51 @@ class GatewayClient:
         return str(self._request("POST", "/tasks", json=body)["task_id"])
 
     def submit_batch(self, tasks: Iterable[Mapping[str, Any]]) -> list[str]:
-        """Submit tasks made with :meth:`task`; return their IDs in order."""
+        """Submit tasks made with :meth:`task` in one request; return their IDs in order.
+
+        The gateway accepts all of them or none, up to its ``max_batch`` tasks (1,000 by
+        default); :meth:`submit_many` takes any number.
+        """
         body = {"tasks": [dict(task) for task in tasks]}
         return [str(t) for t in self._request("POST", "/tasks/batch", json=body)["task_ids"]]
+
+    def submit_many(
+        self, tasks: Iterable[Mapping[str, Any]], batch_size: int = 100, in_flight: int = 4
+    ) -> list[str]:
+        """Submit any number of tasks made with :meth:`task`; return their IDs in order.
+
+        Tasks go in batches of ``batch_size``, with up to ``in_flight`` batches sent at once:
+        the gateway answers a batch only once the broker has confirmed all of it, and
+        several batches in flight keep the broker busy meanwhile.
+
+        Raises:
+            SubmissionError: some batches were refused; the others were accepted and run,
+                and the error says which tasks were (:attr:`SubmissionError.task_ids`)
+        """
+        if batch_size < 1 or in_flight < 1:
+            raise ValueError("batch_size and in_flight must be at least 1")
+        listed = [dict(task) for task in tasks]
+        batches = [listed[i : i + batch_size] for i in range(0, len(listed), batch_size)]
+
+        def send(batch: list[dict[str, Any]]) -> list[str] | GatewayError:
+            try:
+                return self.submit_batch(batch)
+            except GatewayError as exc:
+                return exc
+
+        with ThreadPoolExecutor(min(in_flight, max(len(batches), 1))) as pool:
+            answers = list(pool.map(send, batches))
+        task_ids: list[str | None] = []
+        refusals = []
+        for batch, answer in zip(batches, answers, strict=True):
+            if isinstance(answer, GatewayError):
+                refusals.append(answer)
+                task_ids += [None] * len(batch)
+            else:
+                task_ids += answer
+        if refusals:
+            raise SubmissionError(refusals[0], task_ids)
+        return [str(t) for t in task_ids]
 
     def methods(self) -> list[dict[str, Any]]:
         """The methods the campaign's task servers serve now."""

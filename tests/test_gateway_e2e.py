@@ -29,7 +29,7 @@ from gateway_support import (
 from websockets.sync.client import connect
 
 from colmena_core.testing.brokers import ThrowawayCampaign, ThrowawayRabbitMQ
-from colmena_services.client import GatewayClient, GatewayError
+from colmena_services.client import GatewayClient, GatewayError, SubmissionError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,6 +190,33 @@ def test_long_poll_and_the_python_client(alice: GatewayClient) -> None:
         streamed.add(result["task_id"])
         if streamed == ids:
             break
+
+
+def test_submit_many_sends_any_number_of_tasks_in_order(alice: GatewayClient) -> None:
+    tasks = [alice.task("add", i, 1000) for i in range(250)]  # more than one batch can hold
+    ids = alice.submit_many(tasks, batch_size=60, in_flight=3)
+    assert len(ids) == len(set(ids)) == 250
+    values: dict[str, int] = {}
+    for result in alice.stream_results(idle_timeout=WAIT):
+        values[result["task_id"]] = result["value"]
+        if len(values) == len(ids):
+            break
+    assert [values[task_id] for task_id in ids] == [i + 1000 for i in range(250)]
+
+    # A refused batch: the others are accepted, run, and the error says which ones
+    tasks = [alice.task("echo", i) for i in range(30)]
+    tasks[15] = alice.task("echo", 15, topic="no-such-topic")
+    with pytest.raises(SubmissionError) as refused:
+        alice.submit_many(tasks, batch_size=10, in_flight=2)
+    assert refused.value.status_code == 422
+    accepted = refused.value.task_ids
+    assert [task_id is None for task_id in accepted] == [10 <= i < 20 for i in range(30)]
+    echoed = {}
+    for result in alice.stream_results(idle_timeout=WAIT):
+        echoed[result["task_id"]] = result["value"]
+        if len(echoed) == 20:
+            break
+    assert {echoed[t] for t in accepted if t is not None} == set(range(10)) | set(range(20, 30))
 
 
 def test_two_clients_never_see_each_others_results(
