@@ -30,7 +30,7 @@ from proxystore.proxy import Proxy, extract
 from proxystore.store import Store
 from proxystore.store.utils import get_key
 
-from colmena_core.exceptions import KillSignalException, TimeoutException
+from colmena_core.exceptions import KillSignalException, MessageTooLargeError, TimeoutException
 from colmena_core.models import ResourceRequirements, Result
 from colmena_core.queue import ColmenaQueues, PipeQueues
 
@@ -471,6 +471,31 @@ def test_large_values_round_trip_exactly(make_queues: QueueFactory, kind: str) -
         assert result.value == data[::-1]
     else:
         np.testing.assert_array_equal(result.value, array[::-1])
+
+
+def test_messages_larger_than_the_transport_carries(make_queues: QueueFactory) -> None:
+    queues = make_queues()
+    queues.max_message_size = 100_000  # travels with the object into a server process too
+
+    # A request that is too large is refused before it is sent, and nothing waits for it
+    with pytest.raises(MessageTooLargeError, match="ProxyStore"):
+        queues.send_inputs(b"x" * 200_000, method="echo")
+    assert queues.active_count == 0
+    assert queues.wait_until_done(timeout=0)
+
+    # A result that is too large comes back as a failure saying so; the queues carry on
+    with serving(queues):
+        big = queues.send_inputs(200_000, 1, method="blob")
+        small = queues.send_inputs(1, 2, method="add")
+        results = {}
+        for _ in range(2):
+            result = queues.get_result(timeout=WAIT)
+            assert result is not None
+            results[result.task_id] = result
+    assert not results[big].success and results[big].value is None
+    assert "MessageTooLargeError" in results[big].failure_info.exception
+    assert results[big].args == (200_000, 1)  # the inputs it kept still come back
+    assert results[small].success and results[small].value == 3
 
 
 def test_concurrent_senders_do_not_corrupt_messages(make_queues: QueueFactory) -> None:

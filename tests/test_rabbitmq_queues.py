@@ -19,7 +19,7 @@ import time
 import pika
 import pytest
 
-from colmena_core.exceptions import KillSignalException, TimeoutException
+from colmena_core.exceptions import KillSignalException, MessageTooLargeError, TimeoutException
 from colmena_core.models import Result
 from colmena_core.models.wire import encode_result
 from colmena_core.queue import RabbitMQQueues
@@ -354,6 +354,21 @@ def test_unroutable_result_is_dead_lettered(campaign: ThrowawayCampaign) -> None
     ]
     # Listing leaves them in place
     assert [d.body for d in server.dead_letters()] == [letters[0].body]
+
+
+def test_a_task_over_the_brokers_size_limit_is_refused_and_poisons_nothing(
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
+) -> None:
+    # The broker closes the channel of a publisher that exceeds its max_message_size
+    # (128 MiB by default); the queues refuse such a task before it reaches the broker
+    thinker = campaign.queues(methods=["add"])
+    with pytest.raises(MessageTooLargeError):
+        thinker.send_inputs(b"x" * (129 * 2**20), method="add")
+    server = start_server(campaign.queues(methods=["add"]), [add])
+    thinker.send_inputs(1, 2, method="add")
+    [result] = receive_results(thinker, 1, timeout=WAIT)
+    assert result.success and result.value[0] == 3, result.failure_info
+    stop_task_servers(thinker, server, timeout=WAIT)
 
 
 # ------------------------------------------------------------------ cleanup

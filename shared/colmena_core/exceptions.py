@@ -1,10 +1,10 @@
 """Exceptions specific to Colmena.
 
-Both derive from :class:`BaseException`, as in the original library, so that a bare
-``except Exception`` in user code does not swallow the signals that stop a task server.
+The two signals derive from :class:`BaseException`, as in the original library, so that a
+bare ``except Exception`` in user code does not swallow what stops a task server.
 """
 
-__all__ = ["KillSignalException", "TimeoutException"]
+__all__ = ["KillSignalException", "MessageTooLargeError", "TimeoutException"]
 
 
 class KillSignalException(BaseException):
@@ -13,3 +13,11 @@ class KillSignalException(BaseException):
 
 class TimeoutException(BaseException):
     """Timeout on listening to a queue has occurred."""
+
+
+class MessageTooLargeError(ValueError):
+    """A task or its result is larger than the queue's transport carries.
+
+    Raised by ``send_inputs``; a result that is too large reaches its thinker as a failure
+    with this error as the reason. Large objects should travel through ProxyStore.
+    """

@@ -21,7 +21,7 @@ from typing import Any
 
 from proxystore.store.utils import get_key
 
-from colmena_core.exceptions import TimeoutException
+from colmena_core.exceptions import MessageTooLargeError, TimeoutException
 from colmena_core.models import ResourceRequirements, Result, SerializationMethod
 from colmena_core.models.wire import MessageDecodeError, decode_result, encode_result
 from colmena_core.proxy import get_store
@@ -71,6 +71,14 @@ class ColmenaQueues(ABC):
             of topic to store name (topics left out do not use ProxyStore)
         proxystore_threshold: Size in bytes above which objects travel by proxy, for all
             topics or per topic (``None`` disables ProxyStore for that topic)
+    """
+
+    max_message_size: int | None = None
+    """Largest encoded message the transport carries, in bytes (``None``: no limit).
+
+    A larger task is refused by :meth:`send_inputs` with :class:`MessageTooLargeError`; a
+    larger result goes back as a failure that names the error. Set per object to match a
+    broker configured otherwise.
     """
 
     def __init__(
@@ -255,6 +263,11 @@ class ColmenaQueues(ABC):
         )
         result.time_serialize_inputs, proxies = result.serialize()
         message = encode_result(result)
+        too_large = self._too_large(message, f"The request of task {result.task_id}")
+        if too_large is not None:
+            if proxies and store_name is not None:  # nothing will read them
+                self._evict_inputs(result.task_id, store_name, [get_key(p) for p in proxies])
+            raise too_large
         self._mark_sent(result.task_id, topic)
         if proxies and store_name is not None:
             # Kept until the result arrives: a task run again must still find its inputs
@@ -310,14 +323,17 @@ class ColmenaQueues(ABC):
             entry = self._input_proxies.pop(result.task_id, None)
         if entry is None or result.keep_inputs:
             return
-        store = get_store(entry[0])
+        self._evict_inputs(result.task_id, *entry)
+
+    def _evict_inputs(self, task_id: str, store_name: str, keys: list[Any]) -> None:
+        store = get_store(store_name)
         if store is None:
             return
-        for key in entry[1]:
+        for key in keys:
             try:
                 store.evict(key)
             except Exception:
-                logger.warning("Could not evict an input of task %s", result.task_id, exc_info=True)
+                logger.warning("Could not evict an input of task %s", task_id, exc_info=True)
 
     def send_kill_signal(self) -> None:
         """Tell the task servers to finish their in-flight tasks and stop."""
@@ -364,7 +380,31 @@ class ColmenaQueues(ABC):
         if topic is not None:
             result.topic = topic
         result.mark_result_sent()
-        self._send_result(encode_result(result), result)
+        message = encode_result(result)
+        too_large = self._too_large(message, f"The result of task {result.task_id}")
+        if too_large is not None:
+            logger.error("%s", too_large)
+            # The thinker still gets one result for its task: the failure, without the value
+            result.value = None
+            result.mark_serialized(inputs=result.inputs_serialized, value=False)
+            result.set_failure(too_large)
+            message = encode_result(result)
+            if self._too_large(message, "") is not None:  # the inputs it kept are too large
+                result.inputs = ((), {})
+                result.mark_serialized(inputs=False, value=False)
+                message = encode_result(result)
+        self._send_result(message, result)
+
+    def _too_large(self, message: bytes, what: str) -> MessageTooLargeError | None:
+        """The error to report if ``message`` exceeds :attr:`max_message_size`."""
+        limit = self.max_message_size
+        if limit is None or len(message) <= limit:
+            return None
+        return MessageTooLargeError(
+            f"{what} is {len(message):,} bytes, more than {type(self).__name__} carries "
+            f"({limit:,} bytes): pass large objects through ProxyStore (proxystore_name "
+            "and proxystore_threshold)"
+        )
 
     # -------------------------------------------------------------- transport
     @abstractmethod

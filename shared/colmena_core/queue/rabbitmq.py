@@ -1327,6 +1327,10 @@ class RabbitMQQueues(ColmenaQueues):
         publish_timeout: Seconds a sender waits for room among unconfirmed messages
         max_pending: Messages that may wait for a broker confirmation at once
         max_pending_bytes: Bytes that may wait for a broker confirmation at once
+        max_message_size: Largest message, in bytes: RabbitMQ's ``max_message_size``
+            (128 MiB unless the broker is configured otherwise). The broker closes the
+            channel of a publisher that exceeds it, so larger tasks are refused before they
+            are sent (see :attr:`ColmenaQueues.max_message_size`)
     """
 
     _LOCAL_STATE = (*ColmenaQueues._LOCAL_STATE, "_session", "_session_pid")
@@ -1351,6 +1355,7 @@ class RabbitMQQueues(ColmenaQueues):
         publish_timeout: float = 300.0,
         max_pending: int = 1000,
         max_pending_bytes: int = 256 * 2**20,
+        max_message_size: int | None = 128 * 2**20,
     ) -> None:
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
@@ -1384,6 +1389,7 @@ class RabbitMQQueues(ColmenaQueues):
             max_pending_bytes=max_pending_bytes,
         )
         self._served: frozenset[str] | None = None if methods is None else frozenset(methods)
+        self.max_message_size = max_message_size
 
     def _init_local_state(self) -> None:
         super()._init_local_state()

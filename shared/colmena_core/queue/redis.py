@@ -115,7 +115,7 @@ class RedisQueues(ColmenaQueues):
             topics or per topic (``None`` disables ProxyStore for that topic)
     """
 
-    max_message_size: int = 512 * 1024 * 1024
+    max_message_size: int | None = 512 * 1024 * 1024
     """Largest message Redis accepts by default (its ``proto-max-bulk-len``), in bytes."""
 
     connect_timeout: float = 5.0
@@ -243,11 +243,6 @@ class RedisQueues(ColmenaQueues):
 
     # ------------------------------------------------------------- primitives
     def _push(self, key: str, message: bytes) -> None:
-        if len(message) > self.max_message_size:
-            raise ValueError(
-                f"Message of {len(message)} bytes is larger than Redis accepts "
-                f"({self.max_message_size} bytes); pass large objects through ProxyStore"
-            )
         try:
             self._redis.rpush(key, message)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
