@@ -603,10 +603,13 @@ class AmqpLink:
     def _on_confirmation(self, frame: Any) -> None:
         method = frame.method
         tag = method.delivery_tag
-        numbers = [n for n in self._unconfirmed if n <= tag] if method.multiple else [tag]
+        if method.multiple:  # keys are in publishing order: stop at the first one above
+            numbers = list(itertools.takewhile(lambda n: n <= tag, self._unconfirmed))
+        else:
+            numbers = [tag]
         refused = isinstance(method, pika.spec.Basic.Nack)
         retried: list[Publication] = []
-        for number in sorted(numbers):
+        for number in numbers:
             publication = self._unconfirmed.pop(number, None)
             if publication is None:
                 continue
