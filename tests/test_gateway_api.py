@@ -367,6 +367,48 @@ def test_broker_unreachable_gives_503(campaign: ThrowawayCampaign) -> None:
         assert "broker" in answer.json()["detail"]
 
 
+def test_tasks_larger_than_the_broker_takes_get_413_and_nothing_is_sent(
+    campaign: ThrowawayCampaign, task_server: LocalTaskServer
+) -> None:
+    # A smaller limit than the broker's 128 MiB, to test it with small bodies
+    settings = settings_for(campaign, max_message_size=2000)
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200, "readiness")
+        answer = client.post(
+            "/api/v1/tasks", json={"method": "echo", "args": ["x" * 3000]}, headers=auth(BOB)
+        )
+        assert answer.status_code == 413
+        assert "the broker takes at most 2,000" in answer.json()["detail"]
+        batch = {
+            "tasks": [
+                {"method": "echo", "args": ["batch-mate"]},
+                {"method": "echo", "args": ["y" * 3000]},
+            ]
+        }
+        answer = client.post("/api/v1/tasks/batch", json=batch, headers=auth(BOB))
+        assert answer.status_code == 413 and "Task 1 " in answer.json()["detail"]
+
+        # Nothing of either request was queued; the gateway still works
+        answer = client.post(
+            "/api/v1/tasks", json={"method": "echo", "args": ["after"]}, headers=auth(BOB)
+        )
+        assert answer.status_code == 202
+        seen: list[dict[str, Any]] = []
+
+        def arrived() -> bool:
+            reply = client.get("/api/v1/results", params={"timeout": 1}, headers=auth(BOB))
+            seen.extend(reply.json()["results"])
+            return any(r["task_id"] == answer.json()["task_id"] for r in seen)
+
+        wait_until(arrived, "the result of the task sent after the refusals")
+        reply = client.get("/api/v1/results", params={"timeout": 0.5}, headers=auth(BOB))
+        seen.extend(reply.json()["results"])
+        values = [r["value"] for r in seen]
+        assert not {"batch-mate", "x" * 3000, "y" * 3000} & {
+            v for v in values if isinstance(v, str)
+        }
+
+
 def test_development_mode_without_tokens_is_anonymous(campaign: ThrowawayCampaign) -> None:
     settings = settings_for(campaign, gateway_tokens="", env="development")
     with TestClient(create_app(settings)) as client:

@@ -53,6 +53,14 @@ class TopicError(ValueError):
     """A topic the gateway does not allow."""
 
 
+class TaskTooLargeError(ValueError):
+    """A task whose message is larger than the broker takes (``index`` in its request)."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 class StreamStats:
     """Counts the open streams of each client, for the metrics."""
 
@@ -326,6 +334,14 @@ class GatewayService:
             self.check_topics([task.topic])
         await self.ensure_client(client)
         built = [self._request(client, task) for task in tasks]
+        limit = self.settings.max_message_size
+        for index, (_, body, _) in enumerate(built):
+            if len(body) > limit:  # the broker would close the channel that publishes it
+                raise TaskTooLargeError(
+                    index,
+                    f"Task {index} makes a message of {len(body):,} bytes; the broker takes "
+                    f"at most {limit:,}: pass large data by reference (a file or URL)",
+                )
         await self.link.publish_many(
             [
                 (self.names.requests_exchange, task.method, body, properties)

@@ -5,14 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, status
 
 from ...models import BatchSubmitted, ErrorMessage, Submitted, TaskBatch, TaskRequest
-from ...service import TopicError
+from ...service import TaskTooLargeError, TopicError
 from ..deps import Client, Gateway
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     401: {"model": ErrorMessage, "description": "No valid bearer token"},
-    413: {"model": ErrorMessage, "description": "Request body larger than the gateway accepts"},
+    413: {
+        "model": ErrorMessage,
+        "description": "Request body larger than the gateway accepts, or a task larger than "
+        "the broker takes",
+    },
     503: {"model": ErrorMessage, "description": "The broker did not accept the tasks in time"},
 }
 
@@ -43,6 +47,8 @@ async def submit_task(task: TaskRequest, client: Client, gateway: Gateway) -> Su
         (task_id,) = await gateway.submit(client, [task])
     except TopicError as exc:
         raise _unprocessable(["topic"], str(exc)) from None
+    except TaskTooLargeError as exc:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from None
     return Submitted(task_id=task_id, method=task.method, topic=task.topic)
 
 
@@ -65,4 +71,7 @@ async def submit_batch(batch: TaskBatch, client: Client, gateway: Gateway) -> Ba
             gateway.check_topics([task.topic])
         except TopicError as exc:
             raise _unprocessable(["tasks", index, "topic"], str(exc)) from None
-    return BatchSubmitted(task_ids=await gateway.submit(client, batch.tasks))
+    try:
+        return BatchSubmitted(task_ids=await gateway.submit(client, batch.tasks))
+    except TaskTooLargeError as exc:  # none of the batch was sent
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from None
