@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -59,12 +59,21 @@ class BrokerLink:
     Args:
         url: Broker URL
         connect_timeout: Seconds to wait for each connection attempt
+        on_connected: Awaited on each new connection before anything is published (declare
+            the topology there)
     """
 
-    def __init__(self, url: str, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        connect_timeout: float = 10.0,
+        on_connected: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
-        self.amqp = AmqpLink(url, connect_timeout=connect_timeout, label="Gateway")
+        self.amqp = AmqpLink(
+            url, connect_timeout=connect_timeout, label="Gateway", on_connected=on_connected
+        )
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:

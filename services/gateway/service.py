@@ -24,9 +24,9 @@ import pika
 
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.models.wire import MessageDecodeError, encode_result
-from colmena_core.queue.base import QueueRole
+from colmena_core.queue.amqp import ChannelClosedError
 from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize_result
-from colmena_core.queue.rabbitmq import CampaignNames, RabbitMQQueues
+from colmena_core.queue.rabbitmq import DEFAULT_DELIVERY_LIMIT, CampaignNames, CampaignTopology
 
 from .broker import BrokerLink, BrokerUnavailableError, Delivery, Subscription
 from .metrics import GatewayMetrics
@@ -189,14 +189,16 @@ class GatewayService:
         self.settings = settings
         self.names = CampaignNames(settings.campaign)
         self.topics: list[str] = sorted(set(settings.topic_list) | {"default"})
-        self.link = BrokerLink(settings.broker_url)
+        self.link = BrokerLink(settings.broker_url, on_connected=self._declare_topology)
+        self.topology = CampaignTopology(self.link.amqp, self.names, DEFAULT_DELIVERY_LIMIT)
         self.monitor = CampaignMonitor(
             settings.broker_url, settings.campaign, default_ttl=settings.server_ttl
         )
         self.metrics = GatewayMetrics(self._live_metrics)
         self.streams = StreamStats(self.metrics)
         self.held = HeldResults()
-        self._clients: dict[str, RabbitMQQueues] = {}
+        self._clients: set[str] = set()
+        """API clients whose result queues exist (declared again on each connection)"""
         self._client_locks: dict[str, asyncio.Lock] = {}
 
     # --------------------------------------------------------------- life
@@ -209,9 +211,6 @@ class GatewayService:
         """Wait for pending confirms, then disconnect everything."""
         await self.link.stop()
         await asyncio.to_thread(self.monitor.stop)
-        clients, self._clients = list(self._clients.values()), {}
-        for queues in clients:
-            await asyncio.to_thread(queues.disconnect, 10.0)
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         """Whether the gateway can serve: connected to the broker and watching the campaign."""
@@ -270,36 +269,30 @@ class GatewayService:
             raise TopicError(f"Unknown topics {unknown}; the gateway allows {self.topics}")
         return sorted(set(topics))
 
-    async def ensure_client(self, client: str) -> RabbitMQQueues:
-        """The queues of ``client``, declared on the broker (result queues first of all).
+    async def _declare_topology(self) -> None:
+        """On each connection: the campaign's exchanges and the queues of known clients."""
+        await self.topology.declare_common()
+        for client in sorted(self._clients):
+            await self.topology.declare_client(self.client_id(client), self.topics)
+
+    async def ensure_client(self, client: str) -> None:
+        """Declare the result queues of ``client`` on the broker, once.
 
         Raises:
             BrokerUnavailableError: the broker could not be reached in time
         """
-        queues = self._clients.get(client)
-        if queues is not None:
-            return queues
+        if client in self._clients:
+            return
         lock = self._client_locks.setdefault(client, asyncio.Lock())
         async with lock:
-            queues = self._clients.get(client)
-            if queues is not None:
-                return queues
-            queues = RabbitMQQueues(
-                self.topics,
-                url=self.settings.broker_url,
-                campaign=self.settings.campaign,
-                client_id=self.client_id(client),
-                serialization_method=SerializationMethod.JSON,
-                keep_inputs=False,
-            )
-            queues.set_role(QueueRole.CLIENT)
+            if client in self._clients:
+                return
+            await self.link.wait_connected(self.settings.publish_timeout)
             try:
-                await asyncio.to_thread(queues.connect, self.settings.publish_timeout)
-            except ConnectionError as exc:
-                await asyncio.to_thread(queues.disconnect, 1.0)
-                raise BrokerUnavailableError(str(exc)) from exc
-            self._clients[client] = queues
-            return queues
+                await self.topology.declare_client(self.client_id(client), self.topics)
+            except ChannelClosedError as exc:  # the connection went away meanwhile
+                raise BrokerUnavailableError(f"The broker connection was lost: {exc}") from exc
+            self._clients.add(client)
 
     # -------------------------------------------------------------- tasks
     def _request(self, client: str, task: TaskRequest) -> tuple[str, bytes, Any]:

@@ -92,6 +92,8 @@ __all__ = [
     "BROKER_URL_VARIABLE",
     "BrokerConnectionError",
     "CampaignNames",
+    "CampaignTopology",
+    "DEFAULT_DELIVERY_LIMIT",
     "DeadLetter",
     "RabbitMQQueues",
     "delete_campaign",
@@ -252,6 +254,9 @@ def _quorum_arguments(delivery_limit: int | None, dead_letter_exchange: str) -> 
     return arguments
 
 
+DEFAULT_DELIVERY_LIMIT = 20
+"""Deliveries of a request before the broker dead-letters it, unless configured otherwise."""
+
 _RESULT_DELIVERY_LIMIT = 1000
 """Limit on result redeliveries: explicit, as RabbitMQ 4 defaults to 20."""
 
@@ -404,6 +409,110 @@ class _Settings:
     max_pending_bytes: int
 
 
+class CampaignTopology:
+    """Declares the exchanges and queues of a campaign through an :class:`AmqpLink`.
+
+    Every declaration is idempotent, so each process declares what it needs on each new
+    connection, whoever came first. A queue that exists with other arguments (another
+    ``delivery_limit``, say) is used as it is, with a warning. Used by
+    :class:`RabbitMQQueues` and by the gateway, in the loop of their link.
+
+    Args:
+        link: A connected link (declarations use its publishing channel and channels of
+            their own)
+        names: Names of the campaign
+        delivery_limit: Deliveries of a request before the broker dead-letters it
+    """
+
+    def __init__(self, link: AmqpLink, names: CampaignNames, delivery_limit: int) -> None:
+        self.link = link
+        self.names = names
+        self.delivery_limit = delivery_limit
+
+    async def declare_queue(
+        self, name: str, arguments: dict[str, Any], durable: bool = True
+    ) -> None:
+        """Declare a queue; if it exists with other arguments, use it as it is."""
+        channel = await self.link.open_channel()
+        try:
+            await self.link.rpc(
+                channel, "queue_declare", queue=name, durable=durable, arguments=arguments
+            )
+        except ChannelClosedError as exc:
+            if exc.reply_code != 406:
+                raise
+            logger.warning(
+                "Queue %s exists with other settings than %s; using it as it is", name, arguments
+            )
+            channel = await self.link.open_channel()
+            await self.link.rpc(channel, "queue_declare", queue=name, passive=True)
+        finally:
+            if channel.is_open:
+                channel.close()
+
+    async def declare_common(self) -> None:
+        """The exchanges, the dead letters and the queue of unrouted requests."""
+        names, channel = self.names, self.link.channel
+        exchanges = [
+            (names.unrouted_exchange, "fanout", None),
+            (names.requests_exchange, "direct", {"alternate-exchange": names.unrouted_exchange}),
+            (names.results_exchange, "topic", None),
+            (names.control_exchange, "fanout", None),
+            (names.dead_exchange, "fanout", None),
+            (names.leases_exchange, "headers", None),
+            (names.expired_leases_exchange, "headers", None),
+        ]
+        for exchange, kind, arguments in exchanges:
+            await self.link.rpc(
+                channel,
+                "exchange_declare",
+                exchange=exchange,
+                exchange_type=kind,
+                durable=True,
+                arguments=arguments,
+            )
+        await self.declare_queue(names.dead_letter_queue, {"x-queue-type": "classic"})
+        await self.link.rpc(
+            channel, "queue_bind", queue=names.dead_letter_queue, exchange=names.dead_exchange
+        )
+        arguments = _quorum_arguments(self.delivery_limit, names.dead_exchange)
+        await self.declare_queue(names.unrouted_queue, arguments)
+        await self.link.rpc(
+            channel, "queue_bind", queue=names.unrouted_queue, exchange=names.unrouted_exchange
+        )
+
+    async def declare_request_queues(self, methods: Iterable[str]) -> None:
+        """The request queue of each method, bound to the requests exchange."""
+        arguments = _quorum_arguments(self.delivery_limit, self.names.dead_exchange)
+        for method in methods:
+            queue = self.names.request_queue(method)
+            await self.declare_queue(queue, arguments)
+            await self.link.rpc(
+                self.link.channel,
+                "queue_bind",
+                queue=queue,
+                exchange=self.names.requests_exchange,
+                routing_key=method,
+            )
+
+    async def declare_client(
+        self, client_id: str, topics: Iterable[str], methods: Iterable[str] = ()
+    ) -> None:
+        """The result queues of a client, and the request queues of the methods it uses."""
+        arguments = _quorum_arguments(_RESULT_DELIVERY_LIMIT, self.names.dead_exchange)
+        for topic in topics:
+            queue = self.names.result_queue(client_id, topic)
+            await self.declare_queue(queue, arguments)
+            await self.link.rpc(
+                self.link.channel,
+                "queue_bind",
+                queue=queue,
+                exchange=self.names.results_exchange,
+                routing_key=self.names.result_routing_key(client_id, topic),
+            )
+        await self.declare_request_queues(methods)
+
+
 # ----------------------------------------------------------------- session
 class _Session:
     """The broker connection of one process: an I/O thread with an asyncio loop.
@@ -435,6 +544,7 @@ class _Session:
             on_ready=self._on_ready,
             on_lost=self._on_lost,
         )
+        self.topology = CampaignTopology(self.link, self.names, settings.delivery_limit)
         # Shared with callers (thread-safe objects)
         self.result_inboxes: dict[str, _Inbox[_Delivery]] = {t: _Inbox() for t in settings.topics}
         self.request_inbox: _Inbox[_Held] = _Inbox()
@@ -649,11 +759,14 @@ class _Session:
     async def _on_connected(self) -> None:
         """Declare the topology on a new connection, before anything is published."""
         self.link.channel.add_on_cancel_callback(self._on_cancelled_by_broker)
-        await self._declare_common()
+        await self.topology.declare_common()
         with self._flags_lock:
             role = self.role
         if role is not QueueRole.SERVER:
-            await self._declare_client()
+            settings = self.settings
+            await self.topology.declare_client(
+                settings.client_id, settings.topics, settings.methods or ()
+            )
         if role is not QueueRole.CLIENT:
             await self._declare_control()
 
@@ -704,96 +817,13 @@ class _Session:
         await link.close()
 
     # ================================================== loop: topology
-    async def _declare_queue(
-        self, name: str, arguments: dict[str, Any], durable: bool = True
-    ) -> None:
-        """Declare a queue; if it exists with other arguments, use it as it is."""
-        channel = await self.link.open_channel()
-        try:
-            await self.link.rpc(
-                channel, "queue_declare", queue=name, durable=durable, arguments=arguments
-            )
-        except ChannelClosedError as exc:
-            if exc.reply_code != 406:
-                raise
-            logger.warning(
-                "Queue %s exists with other settings than %s; using it as it is", name, arguments
-            )
-            channel = await self.link.open_channel()
-            await self.link.rpc(channel, "queue_declare", queue=name, passive=True)
-        finally:
-            if channel.is_open:
-                channel.close()
-
-    async def _declare_common(self) -> None:
-        names, channel = self.names, self.link.channel
-        exchanges = [
-            (names.unrouted_exchange, "fanout", None),
-            (names.requests_exchange, "direct", {"alternate-exchange": names.unrouted_exchange}),
-            (names.results_exchange, "topic", None),
-            (names.control_exchange, "fanout", None),
-            (names.dead_exchange, "fanout", None),
-            (names.leases_exchange, "headers", None),
-            (names.expired_leases_exchange, "headers", None),
-        ]
-        for exchange, kind, arguments in exchanges:
-            await self.link.rpc(
-                channel,
-                "exchange_declare",
-                exchange=exchange,
-                exchange_type=kind,
-                durable=True,
-                arguments=arguments,
-            )
-        await self._declare_queue(names.dead_letter_queue, {"x-queue-type": "classic"})
-        await self.link.rpc(
-            channel, "queue_bind", queue=names.dead_letter_queue, exchange=names.dead_exchange
-        )
-        await self._declare_request_queues(names.unrouted_queue, ())
-
-    async def _declare_request_queues(self, unrouted: str | None, methods: Iterable[str]) -> None:
-        arguments = _quorum_arguments(self.settings.delivery_limit, self.names.dead_exchange)
-        if unrouted is not None:
-            await self._declare_queue(unrouted, arguments)
-            await self.link.rpc(
-                self.link.channel,
-                "queue_bind",
-                queue=unrouted,
-                exchange=self.names.unrouted_exchange,
-            )
-        for method in methods:
-            queue = self.names.request_queue(method)
-            await self._declare_queue(queue, arguments)
-            await self.link.rpc(
-                self.link.channel,
-                "queue_bind",
-                queue=queue,
-                exchange=self.names.requests_exchange,
-                routing_key=method,
-            )
-
-    async def _declare_client(self) -> None:
-        arguments = _quorum_arguments(_RESULT_DELIVERY_LIMIT, self.names.dead_exchange)
-        client = self.settings.client_id
-        for topic in self.settings.topics:
-            queue = self.names.result_queue(client, topic)
-            await self._declare_queue(queue, arguments)
-            await self.link.rpc(
-                self.link.channel,
-                "queue_bind",
-                queue=queue,
-                exchange=self.names.results_exchange,
-                routing_key=self.names.result_routing_key(client, topic),
-            )
-        await self._declare_request_queues(None, self.settings.methods or ())
-
     def _idle_expiry_ms(self) -> int:
         """How long an abandoned per-server queue outlives its server."""
         return int(max(600.0, 10 * self.settings.lease_ttl) * 1000)
 
     async def _declare_control(self) -> None:
         queue = self.names.control_queue(self.server_id)
-        await self._declare_queue(
+        await self.topology.declare_queue(
             queue, {"x-queue-type": "classic", "x-expires": self._idle_expiry_ms()}
         )
         await self.link.rpc(
@@ -818,7 +848,7 @@ class _Session:
         ):
             arguments = _quorum_arguments(None, target)
             arguments.update({"x-message-ttl": ttl, "x-expires": self._idle_expiry_ms()})
-            await self._declare_queue(queue, arguments)
+            await self.topology.declare_queue(queue, arguments)
             await self.link.rpc(
                 self.link.channel, "queue_bind", queue=queue, exchange=exchange, arguments=binding
             )
@@ -853,7 +883,7 @@ class _Session:
         generation = self.link.generation
         with self._flags_lock:
             served = self._served
-        await self._declare_request_queues(None, sorted(served or ()))
+        await self.topology.declare_request_queues(sorted(served or ()))
         await self._declare_leases()
         if self._control_declared != generation:
             await self._declare_control()
@@ -1348,7 +1378,7 @@ class RabbitMQQueues(ColmenaQueues):
         proxystore_threshold: int | dict[str, int] | None = None,
         prefetch: int = 64,
         heartbeat: int | None = 60,
-        delivery_limit: int = 20,
+        delivery_limit: int = DEFAULT_DELIVERY_LIMIT,
         lease_after: float = 600.0,
         lease_ttl: float = 300.0,
         connect_timeout: float = 30.0,
