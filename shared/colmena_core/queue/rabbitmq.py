@@ -90,10 +90,10 @@ from colmena_core.queue.base import ColmenaQueues, QueueRole
 
 __all__ = [
     "BROKER_URL_VARIABLE",
+    "DEFAULT_DELIVERY_LIMIT",
     "BrokerConnectionError",
     "CampaignNames",
     "CampaignTopology",
-    "DEFAULT_DELIVERY_LIMIT",
     "DeadLetter",
     "RabbitMQQueues",
     "delete_campaign",
