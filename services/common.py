@@ -56,6 +56,12 @@ class ServiceSettings(BaseSettings):
         gt=0,
         description="Seconds to wait for the broker at start-up before giving up",
     )
+    max_message_size: int = Field(
+        default=128 * 1024 * 1024,
+        gt=0,
+        description="Largest message the broker takes, in bytes: its max_message_size "
+        "(larger tasks and results are refused before they are sent)",
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -371,3 +371,21 @@ def _answers(url: str) -> httpx.Response | None:
         return httpx.get(url, timeout=5)
     except httpx.TransportError:
         return None
+
+
+def test_every_service_checks_sizes_against_the_brokers_limit(rabbitmq_url: str) -> None:
+    # A broker configured with a smaller max_message_size than RabbitMQ's 128 MiB: each
+    # service's queues refuse larger messages before the broker closes their channel
+    from colmena_services.taskserver.service import TaskServerService
+    from colmena_services.taskserver.settings import TaskServerSettings
+    from colmena_services.thinker.service import ThinkerService
+    from colmena_services.thinker.settings import ThinkerSettings
+
+    common = {"broker_url": rabbitmq_url, "campaign": "sizes", "max_message_size": 4096}
+    server = TaskServerService(
+        TaskServerSettings(**common, methods="service_apps:METHODS", engine="local")
+    )
+    thinker = ThinkerService(ThinkerSettings(**common, thinker_factory="service_apps:make_doubler"))
+    assert server.queues.max_message_size == thinker.queues.max_message_size == 4096
+    default = TaskServerSettings(broker_url=rabbitmq_url, methods="service_apps:METHODS")
+    assert default.max_message_size == 128 * 2**20

@@ -29,11 +29,6 @@ class GatewaySettings(ServiceSettings):
         default=16 * 1024 * 1024, gt=0, description="Largest request body accepted (HTTP 413 above)"
     )
     max_batch: int = Field(default=1000, gt=0, description="Most tasks in one batch submission")
-    max_message_size: int = Field(
-        default=128 * 1024 * 1024,
-        gt=0,
-        description="Largest task message the broker takes (its max_message_size; HTTP 413 above)",
-    )
     long_poll_timeout: float = Field(
         default=30.0, gt=0, le=300, description="Longest wait of GET /api/v1/results, seconds"
     )

@@ -88,6 +88,7 @@ class TaskServerService:
             campaign=settings.campaign,
             client_id=self.server_id,
             prefetch=settings.prefetch or 2 * self.capacity,
+            max_message_size=settings.max_message_size,
         )
         self.server: FutureBasedTaskServer
         if config is None:

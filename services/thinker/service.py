@@ -37,6 +37,7 @@ class ThinkerService:
             url=settings.broker_url,
             campaign=settings.campaign,
             client_id=settings.client_id,
+            max_message_size=settings.max_message_size,
         )
         thinker = factory(self.queues)
         if not isinstance(thinker, BaseThinker):
