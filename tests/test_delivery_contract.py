@@ -51,6 +51,11 @@ def work(index: int, seconds: float = 0.0) -> tuple[int, int]:
     return index, os.getpid()
 
 
+def sized(size: int) -> bytes:
+    """A value of ``size`` bytes."""
+    return b"v" * size
+
+
 def fails(message: str) -> None:
     """A method that always raises."""
     raise ValueError(message)
@@ -368,6 +373,38 @@ def start_leased_task(
     finally:
         leases.close()
     return thinker, server, task_id
+
+
+def test_messages_over_the_brokers_size_limit_become_failures_and_stall_nothing(
+    throwaway_rabbitmq_factory: Callable[..., ThrowawayRabbitMQ],
+    start_server: LocalServerStarter,
+) -> None:
+    # A broker whose max_message_size was lowered without telling the queues: it closes the
+    # channel that publishes a larger message. The link learns the limit from that, and
+    # the task still gets exactly one result, a failure saying why.
+    node = throwaway_rabbitmq_factory(config_lines=[f"max_message_size = {2**20}"])
+    with ThrowawayCampaign(node.url, "sizes") as campaign:
+        thinker = campaign.queues(methods=["work", "sized"], max_message_size=None)
+        server = start_server(campaign.queues(max_message_size=None), [work, sized])
+        too_big = thinker.send_inputs(b"x" * (2 * 2**20), method="work")
+        fine = thinker.send_inputs(1, method="work")
+        big_value = thinker.send_inputs(2 * 2**20, method="sized")
+        small_value = thinker.send_inputs(10, method="sized")
+
+        results = {r.task_id: r for r in receive_results(thinker, 4)}
+        assert set(results) == {too_big, fine, big_value, small_value}
+        for refused in (too_big, big_value):
+            assert not results[refused].success
+            assert "MessageTooLargeError" in results[refused].failure_info.exception
+            assert str(2**20) in results[refused].failure_info.exception
+        assert results[fine].success and results[small_value].value == b"v" * 10
+        assert_no_more_results(thinker)
+
+        # Later messages above the limit fail at once, without closing a channel again
+        again = thinker.send_inputs(b"y" * (2 * 2**20), method="work")
+        [result] = receive_results(thinker, 1)
+        assert result.task_id == again and not result.success
+        stop_task_servers(thinker, server, timeout=WAIT)
 
 
 def test_the_test_broker_enforces_its_consumer_timeout(

@@ -69,6 +69,8 @@ MAX_RECONNECT_DELAY = 5.0
 """Longest wait, in seconds, between two connection attempts."""
 
 _PUBLISH_ID_HEADER = "colmena-publish-id"
+_SIZE_LIMIT = re.compile(r"message size \d+ is larger than configured max size (\d+)")
+"""What RabbitMQ says when it closes a channel for a message above its max_message_size."""
 _REFUSED_PAUSE = 0.5
 """Seconds publishing pauses after the broker refused messages that are retried."""
 
@@ -86,7 +88,7 @@ class ChannelClosedError(Exception):
 
 
 class PublishRefusedError(Exception):
-    """The broker refused a message (a negative confirmation)."""
+    """The broker refused a message (a negative confirmation, or a size it does not take)."""
 
 
 class LinkClosedError(ConnectionError):
@@ -228,6 +230,9 @@ class AmqpLink:
         self._sequence = 0
         self._numbers = itertools.count(1)
         self._paused_until = 0.0
+        self.max_body: int | None = None
+        """Largest message body the broker takes, once it refused a larger one (it says its
+        ``max_message_size`` when it closes the channel): larger messages then fail."""
 
     # ------------------------------------------------------------------ facts
     @property
@@ -395,6 +400,7 @@ class AmqpLink:
             if not future.done():
                 future.set_exception(ChannelClosedError(reason))
         if channel is self._channel and not self._closing:
+            self._learn_size_limit(reason)
             self.last_error = repr(reason)
             logger.warning(
                 "%s: the broker closed the publishing channel: %r; reconnecting",
@@ -423,6 +429,36 @@ class AmqpLink:
         self._release_deferred()  # abandoned messages, now forgotten, held them back
         if self._on_lost_hook is not None:
             self._on_lost_hook()
+
+    def _learn_size_limit(self, reason: BaseException) -> None:
+        """Note the broker's size limit if a message above it closed the channel.
+
+        Without this, the message would be published again on the next connection, close
+        that channel too, and hold up every message behind it for ever.
+        """
+        found = _SIZE_LIMIT.search(str(getattr(reason, "reply_text", "")))
+        if found is None:
+            return
+        self.max_body = int(found.group(1))
+        logger.error(
+            "%s: the broker takes messages of at most %d bytes (its max_message_size); larger "
+            "ones fail from now on",
+            self.label,
+            self.max_body,
+        )
+
+    def _too_large(self, publication: Publication) -> bool:
+        """Fail ``publication`` if the broker is known not to take it."""
+        if self.max_body is None or len(publication.body) <= self.max_body:
+            return False
+        self._fail(
+            publication,
+            PublishRefusedError(
+                f"The broker takes messages of at most {self.max_body} bytes (its "
+                f"max_message_size), not {len(publication.body)}"
+            ),
+        )
+        return True
 
     # ---------------------------------------------------------------- channels
     async def open_channel(self) -> Any:
@@ -476,6 +512,8 @@ class AmqpLink:
         """Publish messages, in their order, and keep each until the broker confirms it."""
         for publication in publications:
             publication.number = next(self._numbers)
+            if self._too_large(publication):
+                continue
             if publication.barrier:
                 self._deferred.append(publication)
                 self._release_deferred()
@@ -571,8 +609,12 @@ class AmqpLink:
         if self.loop.time() < self._paused_until:
             return
         limit = self.max_unconfirmed
+        dropped = False
         while self._outbox and (limit is None or len(self._unconfirmed) < limit):
             publication = self._outbox.popleft()
+            if self._too_large(publication):
+                dropped = True
+                continue
             properties = publication.properties
             if publication.mandatory:
                 properties = copy.copy(properties)
@@ -594,6 +636,10 @@ class AmqpLink:
                 return
             self._sequence += 1
             self._unconfirmed[self._sequence] = publication
+        if dropped:  # messages that waited behind the dropped ones may go now
+            self._release_deferred()
+            if self._outbox:
+                self._pump()
 
     def _on_returned(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         publish_id = (properties.headers or {}).get(_PUBLISH_ID_HEADER)

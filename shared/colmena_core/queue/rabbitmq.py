@@ -37,6 +37,8 @@ Delivery contract (``ARCHITECTURE.md`` §3) and how it is met:
   letters (:func:`list_dead_letters`). A request for a method no task server serves is
   handed to the task server, which returns a failure result. A request returned more than
   ``delivery_limit`` times (a task that kills its servers) is dead-lettered by the broker.
+  A request or result above the broker's ``max_message_size`` becomes a failure result
+  (checked before sending, and learned from the broker if it refuses one anyway).
 * The kill signal goes to every task server of the campaign through ``.control``. A server
   raises :class:`KillSignalException` once the requests queued before the signal are
   drained, like the in-band signal of the other transports.
@@ -82,10 +84,16 @@ from typing import Any, Generic, TypeVar
 import pika
 import pika.exceptions
 
-from colmena_core.exceptions import KillSignalException, TimeoutException
+from colmena_core.exceptions import KillSignalException, MessageTooLargeError, TimeoutException
 from colmena_core.models import Result, SerializationMethod
-from colmena_core.models.wire import MessageDecodeError, decode_result, peek_header
-from colmena_core.queue.amqp import AmqpLink, ChannelClosedError, Publication, redact_url
+from colmena_core.models.wire import MessageDecodeError, decode_result, encode_result, peek_header
+from colmena_core.queue.amqp import (
+    AmqpLink,
+    ChannelClosedError,
+    Publication,
+    PublishRefusedError,
+    redact_url,
+)
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
 __all__ = [
@@ -1138,7 +1146,7 @@ class _Session:
         )
 
     # =============================================== loop: sending results
-    def _publish_result(self, task_id: str, topic: str, message: bytes, budget: int) -> None:
+    def _publish_result(self, task_id: str, topic: str, message: bytes, budget: int | None) -> None:
         entry = self._held.get(task_id)
         if entry is None:
             logger.warning(
@@ -1165,7 +1173,32 @@ class _Session:
             budget=budget,
         )
         publish.on_confirm = partial(self._result_confirmed, task_id, publish)
+        publish.on_failed = partial(self._result_refused, task_id, topic, publish)
         self._enqueue(publish)
+
+    def _result_refused(
+        self, task_id: str, topic: str, publish: _Publish, error: BaseException
+    ) -> None:
+        """Send a failure saying why in place of a result the broker does not take."""
+        if not isinstance(error, PublishRefusedError):
+            return  # closing: the request stays unacknowledged and runs again elsewhere
+        logger.error("The broker refused the result of task %s: %s", task_id, error)
+        failure = _refusal(publish.body, error)
+        if failure is not None:  # small: outside the publish budget, which would block here
+            self._publish_result(task_id, topic, failure, None)
+
+    def _request_refused(self, publish: _Publish, error: BaseException) -> None:
+        """Give the sender a failure result for a request the broker does not take."""
+        if not isinstance(error, PublishRefusedError):
+            return
+        failure = _refusal(publish.body, error)
+        if failure is None:
+            return
+        header = peek_header(failure)
+        logger.error("The broker refused the request of task %s: %s", header.task_id, error)
+        inbox = self.result_inboxes.get(header.topic)
+        if inbox is not None:  # a delivery of no channel: nothing to acknowledge
+            inbox.put(_Delivery(0, -1, "", None, failure))
 
     def _result_confirmed(self, task_id: str, publish: _Publish, returned: bool) -> None:
         if returned:
@@ -1202,7 +1235,22 @@ class _Session:
     def _enqueue(self, publish: _Publish) -> None:
         """Publish through the link; the budget and the waiter are settled on confirmation."""
         publish.on_confirm = partial(self._confirmed, publish, publish.on_confirm)
+        publish.on_failed = partial(self._failed, publish, publish.on_failed)
         self.link.publish(publish)
+
+    def _failed(
+        self,
+        publish: _Publish,
+        then: Callable[[BaseException], None] | None,
+        error: BaseException,
+    ) -> None:
+        self._release_budget(publish)
+        try:
+            if then is not None:
+                then(error)
+        finally:
+            if publish.waiter is not None and not publish.waiter.done():
+                publish.waiter.set_exception(BrokerConnectionError(str(error)))
 
     def _confirmed(
         self, publish: _Publish, then: Callable[[bool], None] | None, returned: bool
@@ -1280,6 +1328,21 @@ class _Session:
             if entry.leased:
                 self._leased -= 1
         self._spawn(self._update_request_consumers())
+
+
+def _refusal(body: bytes, error: BaseException) -> bytes | None:
+    """The message of a task's failure because the broker refused ``body`` (its request or
+    result), without the payloads that made it too large; ``None`` if undecodable."""
+    try:
+        result = decode_result(body)
+    except MessageDecodeError:
+        logger.exception("Could not decode a message the broker refused")
+        return None
+    result.inputs = ((), {})
+    result.value = None
+    result.mark_serialized(inputs=False, value=False)
+    result.set_failure(MessageTooLargeError(str(error)))
+    return encode_result(result)
 
 
 def _older_than(moment: float, delivery: _Delivery) -> bool:
@@ -1360,7 +1423,9 @@ class RabbitMQQueues(ColmenaQueues):
         max_message_size: Largest message, in bytes: RabbitMQ's ``max_message_size``
             (128 MiB unless the broker is configured otherwise). The broker closes the
             channel of a publisher that exceeds it, so larger tasks are refused before they
-            are sent (see :attr:`ColmenaQueues.max_message_size`)
+            are sent (see :attr:`ColmenaQueues.max_message_size`). Should the broker's limit
+            be lower, the connection learns it from the first refusal, and each task above
+            it gets a failure result
     """
 
     _LOCAL_STATE = (*ColmenaQueues._LOCAL_STATE, "_session", "_session_pid")
@@ -1516,11 +1581,11 @@ class RabbitMQQueues(ColmenaQueues):
             type=method or "",
             timestamp=int(time.time()),
         )
-        session.publish(
-            _Publish(
-                self.names.requests_exchange, method or "", message, properties, budget=len(message)
-            )
+        publish = _Publish(
+            self.names.requests_exchange, method or "", message, properties, budget=len(message)
         )
+        publish.on_failed = partial(session._request_refused, publish)
+        session.publish(publish)
 
     def _get_request(self, timeout: float | None) -> bytes | Result:
         session = self._get_session()
