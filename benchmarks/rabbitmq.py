@@ -240,6 +240,22 @@ def _measure_queues(
     return 1000 * (after[0] - before[0]) / tasks, 1000 * (after[1] - before[1]) / tasks
 
 
+def _measure_client(
+    queues: RabbitMQQueues,
+    server_pid: int | None,
+    url: str,
+    result: Measurement,
+    round_trips: int,
+    tasks: int,
+) -> tuple[float, float]:
+    """Connect as the client of a running task server, measure, then stop the server."""
+    queues.set_role(QueueRole.CLIENT)
+    queues.connect()
+    cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server_pid, url))
+    queues.send_kill_signal()
+    return cpu
+
+
 # ------------------------------------------------------- 1. queue layer
 def echo_server(queues: RabbitMQQueues, ready: Event, idle_timeout: float) -> None:
     """A task server without an engine: answer every request at once (process target)."""
@@ -271,10 +287,7 @@ def queue_echo(url: str, result: Measurement, round_trips: int, tasks: int) -> t
         try:
             if not ready.wait(RESULT_TIMEOUT):
                 raise TimeoutError("The echo server did not connect")
-            queues.set_role(QueueRole.CLIENT)
-            queues.connect()
-            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid, url))
-            queues.send_kill_signal()
+            cpu = _measure_client(queues, server.pid, url, result, round_trips, tasks)
         finally:
             _join(server)
     return cpu
@@ -289,10 +302,7 @@ def local_server(
         server = LocalTaskServer([noop], queues, num_workers=LOCAL_WORKERS, pool="thread")
         server.start()
         try:
-            queues.set_role(QueueRole.CLIENT)
-            queues.connect()
-            cpu = _measure_queues(queues, result, round_trips, tasks, _cpu_probe(server.pid, url))
-            queues.send_kill_signal()
+            cpu = _measure_client(queues, server.pid, url, result, round_trips, tasks)
         finally:
             _join(server)
     return cpu

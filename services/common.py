@@ -10,9 +10,11 @@ import importlib
 import importlib.util
 import json
 import logging
+import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -196,3 +198,23 @@ class HealthServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+@contextmanager
+def supervised(
+    host: str, port: int, liveness: Check, readiness: Check, on_signal: Callable[[str], None]
+) -> Iterator[None]:
+    """Serve the health endpoints and turn SIGTERM and SIGINT into ``on_signal(name)`` for
+    the duration of the block; the previous handlers come back afterwards."""
+    health = HealthServer(host, port, liveness, readiness)
+    health.start()
+    previous = {
+        sig: signal.signal(sig, lambda signum, _: on_signal(signal.Signals(signum).name))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        health.stop()

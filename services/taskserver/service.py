@@ -10,18 +10,16 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import signal
 import threading
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any
 
 from colmena_core.queue.monitor import HeartbeatPublisher
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.base import FutureBasedTaskServer
 
-from ..common import HealthServer, ServiceConfigError, load_object, redacted
+from ..common import ServiceConfigError, load_object, redacted, supervised
 from .settings import TaskServerSettings
 
 logger = logging.getLogger(__name__)
@@ -152,16 +150,18 @@ class TaskServerService:
     def run(self) -> int:
         """Serve until SIGTERM, SIGINT or the campaign's kill signal; return the exit code."""
         settings = self.settings
-        health = HealthServer(
-            settings.health_host, settings.health_port, self.liveness, self.readiness
-        )
-        health.start()
 
-        def stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("Received %s: finishing in-flight tasks", signal.Signals(signum).name)
+        def stop(name: str) -> None:
+            logger.info("Received %s: finishing in-flight tasks", name)
             self.server.request_stop()
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        with supervised(
+            settings.health_host, settings.health_port, self.liveness, self.readiness, stop
+        ):
+            return self._serve()
+
+    def _serve(self) -> int:
+        settings = self.settings
         beat = threading.Thread(target=self._heartbeats, name="heartbeats", daemon=True)
         beat.start()
         try:
@@ -184,8 +184,5 @@ class TaskServerService:
                 logger.debug("Could not announce the stop", exc_info=True)
             self.heartbeats.close()
             self.queues.disconnect()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            health.stop()
             beat.join(timeout=5)
             logger.info("Task server %s stopped", self.server_id)

@@ -8,15 +8,13 @@ thinker's ``done`` flag: agents wind down, and results not yet read stay in the 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
-from types import FrameType
 from typing import Any
 
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.thinker import BaseThinker
 
-from ..common import HealthServer, ServiceConfigError, load_object, redacted
+from ..common import ServiceConfigError, load_object, redacted, supervised
 from .settings import ThinkerSettings
 
 logger = logging.getLogger(__name__)
@@ -63,16 +61,18 @@ class ThinkerService:
     def run(self) -> int:
         """Run the thinker to completion; 0 when every agent succeeded, 1 otherwise."""
         settings = self.settings
-        health = HealthServer(
-            settings.health_host, settings.health_port, self.liveness, self.readiness
-        )
-        health.start()
 
-        def stop(signum: int, frame: FrameType | None) -> None:
-            logger.info("Received %s: asking the agents to stop", signal.Signals(signum).name)
+        def stop(name: str) -> None:
+            logger.info("Received %s: asking the agents to stop", name)
             self.thinker.done.set()
 
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        with supervised(
+            settings.health_host, settings.health_port, self.liveness, self.readiness, stop
+        ):
+            return self._think()
+
+    def _think(self) -> int:
+        settings = self.settings
         try:
             self.queues.connect(timeout=settings.connect_timeout)
             logger.info(
@@ -99,6 +99,3 @@ class ThinkerService:
             return 0
         finally:
             self.queues.disconnect()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            health.stop()

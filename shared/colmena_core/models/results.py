@@ -304,6 +304,14 @@ class Result(BaseModel):
             self.inputs = ((), {})
             self._inputs_serialized = False
 
+    def drop_payloads(self, inputs: bool) -> None:
+        """Forget the value, and the inputs too if ``inputs`` (e.g. too large to carry)."""
+        self.value = None
+        self._value_serialized = False
+        if inputs:
+            self.inputs = ((), {})
+            self._inputs_serialized = False
+
     def set_failure(self, exc: BaseException) -> None:
         """Record that the computation failed with ``exc``."""
         self.success = False

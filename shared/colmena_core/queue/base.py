@@ -385,21 +385,23 @@ class ColmenaQueues(ABC):
         if too_large is not None:
             logger.error("%s", too_large)
             # The thinker still gets one result for its task: the failure, without the value
-            result.value = None
-            result.mark_serialized(inputs=result.inputs_serialized, value=False)
+            result.drop_payloads(inputs=False)
             result.set_failure(too_large)
             message = encode_result(result)
-            if self._too_large(message, "") is not None:  # the inputs it kept are too large
-                result.inputs = ((), {})
-                result.mark_serialized(inputs=False, value=False)
+            if not self._fits(message):  # the inputs it kept are too large too
+                result.drop_payloads(inputs=True)
                 message = encode_result(result)
         self._send_result(message, result)
 
+    def _fits(self, message: bytes) -> bool:
+        """Whether ``message`` is within :attr:`max_message_size`."""
+        return self.max_message_size is None or len(message) <= self.max_message_size
+
     def _too_large(self, message: bytes, what: str) -> MessageTooLargeError | None:
         """The error to report if ``message`` exceeds :attr:`max_message_size`."""
-        limit = self.max_message_size
-        if limit is None or len(message) <= limit:
+        if self._fits(message):
             return None
+        limit = self.max_message_size
         return MessageTooLargeError(
             f"{what} is {len(message):,} bytes, more than {type(self).__name__} carries "
             f"({limit:,} bytes): pass large objects through ProxyStore (proxystore_name "

@@ -227,6 +227,18 @@ class CampaignNames:
         """Routing key of the results of ``topic`` for ``client_id``."""
         return self._checked(f"{_escape_word(client_id)}.{_escape_word(topic)}")
 
+    def shared_queues(
+        self, methods: Iterable[str] = (), clients: Mapping[str, Iterable[str]] | None = None
+    ) -> list[str]:
+        """The campaign's queues that outlive their users: unrouted requests, dead letters,
+        the request queues of ``methods`` and the result queues of ``clients`` (client ID
+        to topics). The broker cannot list queues over AMQP, so they are named here."""
+        queues = [self.unrouted_queue, self.dead_letter_queue]
+        queues += [self.request_queue(m) for m in methods]
+        for client, topics in (clients or {}).items():
+            queues += [self.result_queue(client, t) for t in topics]
+        return queues
+
     def result_queue(self, client_id: str, topic: str) -> str:
         """Queue of the results of ``topic`` for ``client_id``."""
         return self._checked(f"{self.prefix}.results.{self.result_routing_key(client_id, topic)}")
@@ -1183,22 +1195,22 @@ class _Session:
         if not isinstance(error, PublishRefusedError):
             return  # closing: the request stays unacknowledged and runs again elsewhere
         logger.error("The broker refused the result of task %s: %s", task_id, error)
-        failure = _refusal(publish.body, error)
-        if failure is not None:  # small: outside the publish budget, which would block here
-            self._publish_result(task_id, topic, failure, None)
+        refusal = _refusal(publish.body, error)
+        if refusal is not None:  # small: outside the publish budget, which would block here
+            self._publish_result(task_id, topic, refusal[1], None)
 
     def _request_refused(self, publish: _Publish, error: BaseException) -> None:
         """Give the sender a failure result for a request the broker does not take."""
         if not isinstance(error, PublishRefusedError):
             return
-        failure = _refusal(publish.body, error)
-        if failure is None:
+        refusal = _refusal(publish.body, error)
+        if refusal is None:
             return
-        header = peek_header(failure)
-        logger.error("The broker refused the request of task %s: %s", header.task_id, error)
-        inbox = self.result_inboxes.get(header.topic)
+        failure, message = refusal
+        logger.error("The broker refused the request of task %s: %s", failure.task_id, error)
+        inbox = self.result_inboxes.get(failure.topic)
         if inbox is not None:  # a delivery of no channel: nothing to acknowledge
-            inbox.put(_Delivery(0, -1, "", None, failure))
+            inbox.put(_Delivery(0, -1, "", None, message))
 
     def _result_confirmed(self, task_id: str, publish: _Publish, returned: bool) -> None:
         if returned:
@@ -1330,19 +1342,17 @@ class _Session:
         self._spawn(self._update_request_consumers())
 
 
-def _refusal(body: bytes, error: BaseException) -> bytes | None:
-    """The message of a task's failure because the broker refused ``body`` (its request or
-    result), without the payloads that made it too large; ``None`` if undecodable."""
+def _refusal(body: bytes, error: BaseException) -> tuple[Result, bytes] | None:
+    """A task's failure because the broker refused ``body`` (its request or result), without
+    the payloads that made it too large, and its message; ``None`` if undecodable."""
     try:
         result = decode_result(body)
     except MessageDecodeError:
         logger.exception("Could not decode a message the broker refused")
         return None
-    result.inputs = ((), {})
-    result.value = None
-    result.mark_serialized(inputs=False, value=False)
+    result.drop_payloads(inputs=True)
     result.set_failure(MessageTooLargeError(str(error)))
-    return encode_result(result)
+    return result, encode_result(result)
 
 
 def _older_than(moment: float, delivery: _Delivery) -> bool:
@@ -1751,10 +1761,7 @@ def queue_depths(
         timeout: Seconds to wait for the broker
     """
     names = CampaignNames(campaign)
-    queues = [names.unrouted_queue, names.dead_letter_queue]
-    queues += [names.request_queue(m) for m in methods]
-    for client, topics in (clients or {}).items():
-        queues += [names.result_queue(client, t) for t in topics]
+    queues = names.shared_queues(methods, clients)
     depths: dict[str, int] = {}
     connection = _blocking_connection(url, timeout)
     try:
@@ -1795,10 +1802,7 @@ def delete_campaign(
         timeout: Seconds to wait for the broker
     """
     names = CampaignNames(campaign)
-    queues = [names.unrouted_queue, names.dead_letter_queue]
-    queues += [names.request_queue(m) for m in methods]
-    for client, topics in (clients or {}).items():
-        queues += [names.result_queue(client, t) for t in topics]
+    queues = names.shared_queues(methods, clients)
     exchanges = [
         names.requests_exchange,
         names.unrouted_exchange,
