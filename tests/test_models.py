@@ -211,3 +211,54 @@ def test_serialization_method_static_helpers() -> None:
     assert SerializationMethod.deserialize("pickle", blob) == {"a": 1}
     with pytest.raises(TypeError):
         SerializationMethod.deserialize("pickle", "text")
+
+
+# ------------------------------------------------------------- Colmena 0.7 spellings
+def test_timestamp_and_time_views_read_and_write_the_flat_fields() -> None:
+    result = Result.from_args_and_kwargs([1, 2], {"scale": 3}, method="f")
+    assert result.args == (1, 2) and result.kwargs == {"scale": 3} and result.method == "f"
+    assert result.timestamp.created == result.time_created is not None
+
+    result.mark_compute_started()
+    assert result.timestamp.compute_started == result.time_compute_started is not None
+    result.time.running = 2.5  # a 0.7 app writing through the view ...
+    result.timestamp.result_sent = 100.0
+    assert result.time_running == 2.5 and result.time_result_sent == 100.0  # ... a seed app reads
+    result.time_deserialize_results = 0.25  # and the other way round
+    assert result.time.deserialize_results == 0.25
+    result.time.additional["exec_execution"] = 1.0
+    assert result.additional_timing == {"exec_execution": 1.0}
+    assert result.time.proxy is result.proxy_timing
+
+    result.time = {"serialize_inputs": 0.5}  # assigning a group sets the values it names
+    assert result.time_serialize_inputs == 0.5 and result.time_running == 2.5
+    with pytest.raises(AttributeError, match="running"):
+        result.time.runing = 1.0  # a typo is an error, not a silently lost value
+    with pytest.raises(AttributeError):
+        _ = result.timestamp.finished
+
+
+def test_the_wire_carries_the_flat_times_only_and_both_views_survive_it() -> None:
+    result = Result(((1,), {}), timestamp={"compute_started": 10.0}, time={"running": 1.5})
+    assert result.time_compute_started == 10.0 and result.time_running == 1.5
+    header = json.loads(result.model_dump_json(exclude={"inputs", "value"}))
+    assert "time" not in header and "timestamp" not in header
+    assert header["time_running"] == 1.5
+
+    copy = decode_result(encode_result(result))
+    assert copy.time.running == 1.5 and copy.timestamp.compute_started == 10.0
+    assert pickle.loads(pickle.dumps(result)).time.running == 1.5
+    assert copy.time == result.time and copy.timestamp.model_dump()["compute_started"] == 10.0
+
+
+def test_complete_is_false_only_for_intermediate_results() -> None:
+    result = Result(((), {}), keep_inputs=False)
+    assert result.complete is None  # a request
+    result.set_result(1, intermediate=True)
+    assert result.complete is False and result.success is True
+    assert decode_result(encode_result(result)).complete is False
+    result.set_result(2)
+    assert result.complete is True
+    failed = Result(((), {}))
+    failed.set_failure(ValueError("x"))
+    assert failed.complete is True and failed.success is False

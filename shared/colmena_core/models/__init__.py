@@ -5,6 +5,8 @@ from colmena_core.models.results import (
     FailureInformation,
     Result,
     SerializationMethod,
+    TimeSpans,
+    Timestamps,
     WorkerInformation,
 )
 from colmena_core.models.tasks import ExecutableFailed, ExecutableTask
@@ -16,5 +18,7 @@ __all__ = [
     "ResourceRequirements",
     "Result",
     "SerializationMethod",
+    "TimeSpans",
+    "Timestamps",
     "WorkerInformation",
 ]

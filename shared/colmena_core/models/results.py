@@ -13,9 +13,10 @@ import pickle
 import platform
 import time
 import traceback as tb
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from time import perf_counter
-from typing import Any
+from typing import Any, ClassVar
 from uuid import uuid4
 
 from proxystore.proxy import Proxy
@@ -29,6 +30,8 @@ __all__ = [
     "FailureInformation",
     "Result",
     "SerializationMethod",
+    "TimeSpans",
+    "Timestamps",
     "WorkerInformation",
 ]
 
@@ -157,6 +160,120 @@ def serialize_value(
     return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class _FieldView:
+    """Attribute access to some fields of a :class:`Result` under other names.
+
+    The result keeps one copy of each value (its flat ``time_*`` fields, which the wire
+    carries); a view reads and writes them, so both spellings always agree.
+    """
+
+    __slots__ = ("_result",)
+
+    _names: ClassVar[dict[str, str]]
+    """Name in the view -> name of the field of the Result"""
+
+    def __init__(self, result: Result) -> None:
+        object.__setattr__(self, "_result", result)
+
+    def _field(self, name: str) -> str:
+        field = self._names.get(name)
+        if field is None:
+            raise AttributeError(
+                f"{type(self).__name__} has no attribute {name!r}; it has {sorted(self._names)}"
+            )
+        return field
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._result, self._field(name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._result, self._field(name), value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(self._names)
+
+    def model_dump(self) -> dict[str, Any]:
+        """The values as a dictionary, under the names of the view."""
+        return {name: getattr(self._result, field) for name, field in self._names.items()}
+
+    def update(self, values: Mapping[str, Any] | _FieldView | BaseModel) -> None:
+        """Set several values at once (from a mapping, another view, or a model)."""
+        if isinstance(values, _FieldView | BaseModel):
+            values = values.model_dump()
+        for name, value in values.items():
+            setattr(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _FieldView):
+            return type(other) is type(self) and other.model_dump() == self.model_dump()
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.model_dump().items())
+        return f"{type(self).__name__}({fields})"
+
+    dict = model_dump  # the name of pydantic 1, which Colmena 0.7 used
+
+
+class Timestamps(_FieldView):
+    """When the key events of a task happened (Unix times), as Colmena 0.7 groups them.
+
+    ``result.timestamp.created`` is ``result.time_created``, and so on for
+    ``input_received``, ``compute_started``, ``compute_ended``, ``result_sent``,
+    ``result_received``, ``start_task_submission`` and ``task_received``. Unset times are
+    ``None``.
+    """
+
+    __slots__ = ()
+    _names: ClassVar[dict[str, str]] = {
+        name: f"time_{name}"
+        for name in (
+            "created",
+            "input_received",
+            "compute_started",
+            "compute_ended",
+            "result_sent",
+            "result_received",
+            "start_task_submission",
+            "task_received",
+        )
+    }
+
+
+class TimeSpans(_FieldView):
+    """How long the steps of a task took (seconds), as Colmena 0.7 groups them.
+
+    ``result.time.running`` is ``result.time_running``, and so on for
+    ``serialize_inputs``, ``deserialize_inputs``, ``serialize_results``,
+    ``deserialize_results`` and ``async_resolve_proxies``; ``proxy`` is
+    ``result.proxy_timing`` and ``additional`` is ``result.additional_timing``.
+    """
+
+    __slots__ = ()
+    _names: ClassVar[dict[str, str]] = {
+        **{
+            name: f"time_{name}"
+            for name in (
+                "running",
+                "serialize_inputs",
+                "deserialize_inputs",
+                "serialize_results",
+                "deserialize_results",
+                "async_resolve_proxies",
+            )
+        },
+        "proxy": "proxy_timing",
+        "additional": "additional_timing",
+    }
+
+
+_VIEWS: dict[str, type[_FieldView]] = {"timestamp": Timestamps, "time": TimeSpans}
+
+
 def _new_task_id() -> str:
     return str(uuid4())
 
@@ -177,6 +294,10 @@ class Result(BaseModel):
     method: str | None = Field(default=None, description="Name of the method to run")
     topic: str = Field(default="default", description="Topic of the task, which routes its result")
     success: bool | None = Field(default=None, description="Whether the task completed")
+    complete: bool | None = Field(
+        default=None,
+        description="Whether this is the last result of its task (false: an intermediate result)",
+    )
     task_info: dict[str, Any] = Field(default_factory=dict, description="User data for tracking")
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     failure_info: FailureInformation | None = None
@@ -216,11 +337,48 @@ class Result(BaseModel):
     _value_serialized: bool = PrivateAttr(default=False)
 
     def __init__(self, inputs: Inputs | str | bytes = ((), {}), **data: Any) -> None:
+        # Colmena 0.7 spells the times as two groups: ``timestamp`` and ``time``
+        views = {name: data.pop(name) for name in _VIEWS if name in data}
         super().__init__(inputs=inputs, **data)
+        for name, values in views.items():
+            if values is not None:
+                getattr(self, name).update(values)
 
     # Only adds the positional argument: pydantic need not call it (and validate a second
     # time) when it builds a Result from JSON or a dict
     __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_args_and_kwargs(
+        cls, fn_args: Sequence[Any], fn_kwargs: dict[str, Any] | None = None, **kwargs: Any
+    ) -> Result:
+        """Make a task record from the arguments of the function it runs.
+
+        Args:
+            fn_args: Positional arguments of the function
+            fn_kwargs: Keyword arguments of the function
+            kwargs: Other fields of the result
+        """
+        return cls((tuple(fn_args), dict(fn_kwargs or {})), **kwargs)
+
+    # ------------------------------------------------------------------ times
+    @property
+    def timestamp(self) -> Timestamps:
+        """The ``time_*`` event times, grouped as in Colmena 0.7 (``timestamp.created``...)."""
+        return Timestamps(self)
+
+    @timestamp.setter
+    def timestamp(self, values: Mapping[str, Any] | _FieldView | BaseModel) -> None:
+        Timestamps(self).update(values)
+
+    @property
+    def time(self) -> TimeSpans:
+        """The ``time_*`` durations, grouped as in Colmena 0.7 (``time.running``...)."""
+        return TimeSpans(self)
+
+    @time.setter
+    def time(self, values: Mapping[str, Any] | _FieldView | BaseModel) -> None:
+        TimeSpans(self).update(values)
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -300,6 +458,7 @@ class Result(BaseModel):
         self._value_serialized = False
         self.time_running = runtime
         self.success = True
+        self.complete = not intermediate
         if not self.keep_inputs and not intermediate:
             self.inputs = ((), {})
             self._inputs_serialized = False
@@ -315,6 +474,7 @@ class Result(BaseModel):
     def set_failure(self, exc: BaseException) -> None:
         """Record that the computation failed with ``exc``."""
         self.success = False
+        self.complete = True
         self.failure_info = FailureInformation.from_exception(exc)
 
     # ---------------------------------------------------------- serialization
@@ -386,6 +546,7 @@ class Result(BaseModel):
         self._value_serialized = outcome.value is not None
         if outcome.value is not None:
             self.message_sizes["value"] = len(outcome.value)
+        self.complete = True
         if outcome.failure is None:
             self.success = True
             self.failure_info = None
