@@ -5,12 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck unit bench deploy-smoke system-deps clean
+.PHONY: demo test lint typecheck unit unit-rabbitmq4 bench deploy-smoke system-deps clean
 
 demo: $(VENV)/.demo-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m examples.quickstart
 
-test: system-deps $(VENV)/.dev-installed lint typecheck unit
+test: system-deps $(VENV)/.dev-installed lint typecheck unit unit-rabbitmq4
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
@@ -21,6 +21,10 @@ typecheck: $(VENV)/.dev-installed
 
 unit: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest
+
+# The broker tests again, against RabbitMQ 4 run from a cached Debian trixie root (needs root).
+unit-rabbitmq4: $(VENV)/.dev-installed
+	bash scripts/test-rabbitmq4.sh
 
 bench: $(VENV)/.dev-installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m benchmarks

@@ -6,14 +6,20 @@ the Erlang cookie lives), database and log directories under one temporary direc
 the configuration you give it. It can be stopped and started again on the same ports with
 its data intact, which is how tests simulate a broker restart, and it is always cleaned up:
 on :meth:`~ThrowawayRabbitMQ.close`, at the end of a ``with`` block, or when the program
-exits.
+exits. Given a root file system holding another RabbitMQ (``root=``, or the
+``COLMENA_TEST_RABBITMQ_ROOT`` environment variable; ``scripts/rabbitmq4-root.sh`` makes one
+with RabbitMQ 4), the node runs from it, in a private mount namespace that the kernel removes
+with the node's last process. :class:`ThrowawayCluster` joins several such nodes into a
+cluster.
 
 :func:`acquire_rabbitmq` chooses a broker in this order:
 
 1. the URL in the ``COLMENA_TEST_AMQP_URL`` environment variable, which must answer;
-2. a broker already answering on ``127.0.0.1:5672`` with the default guest account;
-3. a throwaway node, when ``rabbitmq-server`` is installed;
-4. a RabbitMQ container from testcontainers, when a Docker engine answers.
+2. a throwaway node from the root in ``COLMENA_TEST_RABBITMQ_ROOT``, when that is set (to test
+   against another RabbitMQ version than the machine's own);
+3. a broker already answering on ``127.0.0.1:5672`` with the default guest account;
+4. a throwaway node, when ``rabbitmq-server`` is installed;
+5. a RabbitMQ container from testcontainers, when a Docker engine answers.
 
 :class:`ThrowawayCampaign` gives tests and benchmarks a campaign of their own on a shared
 broker, and deletes its queues afterwards. When no broker can be found or started, the
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import random
@@ -33,6 +40,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import uuid
@@ -54,6 +62,7 @@ __all__ = [
     "BrokerUnavailableError",
     "RabbitMQBroker",
     "ThrowawayCampaign",
+    "ThrowawayCluster",
     "ThrowawayRabbitMQ",
     "acquire_rabbitmq",
     "amqp_answers",
@@ -61,6 +70,7 @@ __all__ = [
     "find_rabbitmq_server",
     "rabbitmq_broker",
     "rabbitmq_url_for_pytest",
+    "throwaway_cluster_for_pytest",
     "throwaway_rabbitmq_for_pytest",
 ]
 
@@ -74,6 +84,21 @@ DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 SERVER_VARIABLE = "COLMENA_RABBITMQ_SERVER"
 """Environment variable naming the ``rabbitmq-server`` program to run throwaway nodes with."""
+
+ROOT_VARIABLE = "COLMENA_TEST_RABBITMQ_ROOT"
+"""Environment variable naming a root file system whose RabbitMQ throwaway nodes run from
+(``scripts/rabbitmq4-root.sh`` makes one with RabbitMQ 4); unset: the machine's own."""
+
+CONFIG_VARIABLE = "COLMENA_TEST_RABBITMQ_CONFIG"
+"""Environment variable naming a ``rabbitmq.conf`` whose settings every throwaway node takes
+before its own (e.g. ``deploy/rabbitmq/rabbitmq.conf``, to test the settings we ship)."""
+
+_ROOT_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+"""Where Debian's package puts the script that runs a node as the calling user."""
+
+_IN_ROOT = 'mount -t proc proc "$0/proc" && mount --bind /dev "$0/dev" && exec chroot "$0" "$@"'
+"""Shell command run in a private mount namespace: what a node in a root file system needs
+mounted, gone with the namespace when its last process exits (never left behind)."""
 
 _SERVER_CANDIDATES = (
     # Package layouts that ship the script which runs the node as the calling user
@@ -165,6 +190,18 @@ def _pick_ports(count: int) -> list[int]:
 
 
 # --------------------------------------------------------------- throwaway
+def _settings(path: Path) -> list[str]:
+    """The settings of a ``rabbitmq.conf`` (its lines without comments and blank lines)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BrokerUnavailableError(
+            f"Cannot read the RabbitMQ configuration {path}: {exc}"
+        ) from exc
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def _kill_group(process: subprocess.Popen[bytes] | None, workdir: Path | None) -> None:
     """Last-resort cleanup of a node (used by the finalizer: must not reference the node)."""
     if process is not None and process.poll() is None:
@@ -194,8 +231,15 @@ class ThrowawayRabbitMQ:
             the channel (``None``: RabbitMQ's default of 30 minutes). The node then checks
             it every ``consumer_timeout / 3`` seconds instead of once a minute.
         startup_timeout: Seconds to wait for the node to start
-        server: The ``rabbitmq-server`` program (default: :func:`find_rabbitmq_server`)
+        server: The ``rabbitmq-server`` program (default: :func:`find_rabbitmq_server`, or
+            Debian's path inside ``root``)
         keep_workdir: Keep the node's directory after :meth:`close` (for debugging)
+        root: Root file system to run the node from, with ``chroot`` in a private mount
+            namespace (needs root privileges); default: ``COLMENA_TEST_RABBITMQ_ROOT`` if
+            set, else none (the machine's own RabbitMQ)
+        cookie: Erlang cookie of the node (nodes of one cluster share theirs)
+        base_config: A ``rabbitmq.conf`` whose settings come before ``config_lines`` and
+            ``consumer_timeout`` (default: the file in ``COLMENA_TEST_RABBITMQ_CONFIG``)
     """
 
     def __init__(
@@ -207,24 +251,40 @@ class ThrowawayRabbitMQ:
         startup_timeout: float = 60.0,
         server: str | None = None,
         keep_workdir: bool = False,
+        root: str | os.PathLike[str] | None = None,
+        cookie: str | None = None,
+        base_config: str | os.PathLike[str] | None = None,
     ) -> None:
-        program = server or find_rabbitmq_server()
-        if program is None:
-            raise BrokerUnavailableError(
-                f"rabbitmq-server is not installed (or set {SERVER_VARIABLE} to its path)"
-            )
+        root = root if root is not None else os.environ.get(ROOT_VARIABLE) or None
+        self.root = Path(root) if root is not None else None
+        program: str | None
+        if self.root is not None:
+            program = server or _ROOT_SERVER
+            self.ctl = str(Path(program).with_name("rabbitmqctl"))
+            self._check_root(program)
+        else:
+            program = server or find_rabbitmq_server()
+            if program is None:
+                raise BrokerUnavailableError(
+                    f"rabbitmq-server is not installed (or set {SERVER_VARIABLE} to its path)"
+                )
+            self.ctl = str(Path(program).with_name("rabbitmqctl"))
+            if not os.access(self.ctl, os.X_OK):
+                found = shutil.which("rabbitmqctl")
+                if found is None:
+                    raise BrokerUnavailableError(f"No rabbitmqctl next to {program} or on the PATH")
+                self.ctl = found
         self.server = program
-        self.ctl = str(Path(program).with_name("rabbitmqctl"))
-        if not os.access(self.ctl, os.X_OK):
-            found = shutil.which("rabbitmqctl")
-            if found is None:
-                raise BrokerUnavailableError(f"No rabbitmqctl next to {program} or on the PATH")
-            self.ctl = found
         self.startup_timeout = startup_timeout
         self.keep_workdir = keep_workdir
         self.node_name = f"colmena-{uuid.uuid4().hex[:10]}@localhost"
         self.port, self.dist_port = _pick_ports(2)
-        self.workdir = Path(tempfile.mkdtemp(prefix="colmena-rabbitmq-"))
+        self.workdir = Path(
+            tempfile.mkdtemp(
+                prefix="colmena-rabbitmq-",
+                dir=None if self.root is None else self.root / "tmp",
+            )
+        )
         self._process: subprocess.Popen[bytes] | None = None
         self._finalizer = weakref.finalize(
             self, _kill_group, None, None if keep_workdir else self.workdir
@@ -235,6 +295,9 @@ class ThrowawayRabbitMQ:
             "log.file.level = info",
             "log.console = false",
         ]
+        base_config = base_config or os.environ.get(CONFIG_VARIABLE) or None
+        if base_config is not None:
+            conf.extend(_settings(Path(base_config)))
         rabbit = []
         if consumer_timeout is not None:
             timeout_ms = max(1, round(consumer_timeout * 1000))
@@ -248,6 +311,39 @@ class ThrowawayRabbitMQ:
         (self.workdir / "rabbitmq.conf").write_text("\n".join(conf) + "\n")
         (self.workdir / "advanced.config").write_text(f"[{{rabbit, [{', '.join(rabbit)}]}}].\n")
         (self.workdir / "enabled_plugins").write_text("[].\n")
+        if cookie is not None:
+            cookie_file = self.workdir / "home" / ".erlang.cookie"
+            cookie_file.write_text(cookie)
+            cookie_file.chmod(0o400)
+
+    def _check_root(self, program: str) -> None:
+        assert self.root is not None
+        if not (self.root / program.lstrip("/")).is_file():
+            raise BrokerUnavailableError(
+                f"No RabbitMQ in the root file system {self.root} (scripts/rabbitmq4-root.sh "
+                f"makes one): {program} is missing"
+            )
+        if os.geteuid() != 0:
+            raise BrokerUnavailableError(
+                f"Running RabbitMQ from the root file system {self.root} needs root privileges"
+            )
+        if shutil.which("unshare") is None or shutil.which("chroot") is None:
+            raise BrokerUnavailableError("unshare and chroot (util-linux, coreutils) are needed")
+
+    def _path(self, path: Path) -> str:
+        """``path`` as the node sees it (inside its root file system, if any)."""
+        if self.root is None:
+            return str(path)
+        return "/" + str(path.relative_to(self.root))
+
+    def _command(self, program: str, *args: str) -> list[str]:
+        """Command line running ``program`` (in the root file system, if any)."""
+        if self.root is None:
+            return [program, *args]
+        return [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", _IN_ROOT, str(self.root), program, *args,
+        ]  # fmt: skip
 
     # --------------------------------------------------------------- facts
     @property
@@ -278,17 +374,17 @@ class ThrowawayRabbitMQ:
             if not key.startswith(("RABBITMQ_", "ERL_"))
         }
         env.update(
-            HOME=str(self.workdir / "home"),
+            HOME=self._path(self.workdir / "home"),
             RABBITMQ_NODENAME=self.node_name,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
             RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.workdir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.workdir / "log"),
-            RABBITMQ_CONFIG_FILE=str(self.workdir / "rabbitmq.conf"),
-            RABBITMQ_ADVANCED_CONFIG_FILE=str(self.workdir / "advanced.config"),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.workdir / "enabled_plugins"),
-            RABBITMQ_PID_FILE=str(self.pid_file),
+            RABBITMQ_MNESIA_BASE=self._path(self.workdir / "mnesia"),
+            RABBITMQ_LOG_BASE=self._path(self.workdir / "log"),
+            RABBITMQ_CONFIG_FILE=self._path(self.workdir / "rabbitmq.conf"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=self._path(self.workdir / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=self._path(self.workdir / "enabled_plugins"),
+            RABBITMQ_PID_FILE=self._path(self.pid_file),
             RABBITMQ_CONF_ENV_FILE="/dev/null",
             ERL_EPMD_ADDRESS="127.0.0.1",
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
@@ -299,7 +395,7 @@ class ThrowawayRabbitMQ:
     def rabbitmqctl(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run ``rabbitmqctl -n NODE ARGS`` against this node and return its outcome."""
         return subprocess.run(
-            [self.ctl, "-n", self.node_name, *args],
+            self._command(self.ctl, "-n", self.node_name, *args),
             env=self.environment(),
             capture_output=True,
             text=True,
@@ -319,7 +415,7 @@ class ThrowawayRabbitMQ:
         log = self.log_file.open("ab")
         try:
             self._process = subprocess.Popen(
-                [self.server],
+                self._command(self.server),
                 env=self.environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -334,7 +430,7 @@ class ThrowawayRabbitMQ:
         )
         deadline = time.monotonic() + self.startup_timeout
         waited = self.rabbitmqctl(
-            "wait", "--timeout", str(int(self.startup_timeout)), str(self.pid_file),
+            "wait", "--timeout", str(int(self.startup_timeout)), self._path(self.pid_file),
             timeout=self.startup_timeout + 10,
         )  # fmt: skip
         if waited.returncode == 0:
@@ -355,7 +451,7 @@ class ThrowawayRabbitMQ:
             self._process = None
             return
         assert self._process is not None
-        stopped = self.rabbitmqctl("stop", str(self.pid_file), timeout=timeout + 10)
+        stopped = self.rabbitmqctl("stop", self._path(self.pid_file), timeout=timeout + 10)
         if stopped.returncode != 0:
             logger.warning("rabbitmqctl stop failed (%s); terminating the node", stopped.stderr)
             with contextlib.suppress(ProcessLookupError):
@@ -386,6 +482,116 @@ class ThrowawayRabbitMQ:
             self._finalizer()
 
     def __enter__(self) -> ThrowawayRabbitMQ:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ThrowawayCluster:
+    """A RabbitMQ cluster of throwaway nodes on loopback, for tests of failover.
+
+    The nodes share one Erlang cookie; the first is started alone, the others join it.
+    Quorum queues declared on the cluster get a member on every node. Stop a node with
+    ``cluster.nodes[i].stop()`` (and start it again with ``start()``: it rejoins).
+
+    Example::
+
+        with ThrowawayCluster(3) as cluster:
+            queues = RabbitMQQueues(url=cluster.url)  # every node's address, comma-separated
+            ...
+
+    Args:
+        size: Number of nodes
+        options: Arguments of :class:`ThrowawayRabbitMQ` for every node
+    """
+
+    def __init__(self, size: int = 3, **options: Any) -> None:
+        if size < 1:
+            raise ValueError("A cluster has at least one node")
+        cookie = uuid.uuid4().hex
+        self.nodes: list[ThrowawayRabbitMQ] = []
+        try:
+            for _ in range(size):
+                self.nodes.append(ThrowawayRabbitMQ(cookie=cookie, **options))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def url(self) -> str:
+        """The AMQP URLs of every node, comma-separated (what the queues and services take)."""
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> ThrowawayCluster:
+        """Start the nodes (at once) and join the others to the first.
+
+        Raises:
+            BrokerUnavailableError: a node did not start or could not join
+        """
+        errors: list[BaseException] = []
+
+        def start(node: ThrowawayRabbitMQ) -> None:
+            try:
+                node.start()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start, args=(node,)) for node in self.nodes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise BrokerUnavailableError(f"A node of the cluster did not start: {errors[0]}")
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            for step in (("stop_app",), ("join_cluster", first.node_name), ("start_app",)):
+                done = node.rabbitmqctl(*step)
+                if done.returncode != 0:
+                    raise BrokerUnavailableError(
+                        f"{node.node_name} could not {step[0]}: "
+                        f"{done.stderr.strip() or done.stdout.strip()}"
+                    )
+        return self
+
+    def node_named(self, name: str) -> ThrowawayRabbitMQ:
+        """The node called ``name`` (as RabbitMQ reports it, e.g. a queue's leader)."""
+        for node in self.nodes:
+            if node.node_name == name:
+                return node
+        raise KeyError(name)
+
+    def queues(self, vhost: str = "/") -> list[dict[str, Any]]:
+        """Name, type, leader and members of every queue of ``vhost``, asked of a running node."""
+        for node in self.nodes:
+            if not node.is_running:
+                continue
+            done = node.rabbitmqctl(
+                "list_queues", "-p", vhost, "name", "type", "leader", "members",
+                "--formatter", "json", "--quiet",
+            )  # fmt: skip
+            if done.returncode == 0:
+                listed: list[dict[str, Any]] = json.loads(done.stdout or "[]")
+                return listed
+        raise BrokerUnavailableError("No node of the cluster answers")
+
+    def close(self) -> None:
+        """Stop every node and delete their directories."""
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.close()
+
+    def __enter__(self) -> ThrowawayCluster:
         try:
             return self.start()
         except BaseException:
@@ -444,6 +650,11 @@ def acquire_rabbitmq(*, allow_start: bool = True) -> RabbitMQBroker:
         if not amqp_answers(url):
             raise BrokerUnavailableError(f"No broker answers at {URL_VARIABLE}={url}")
         return RabbitMQBroker(url, "environment")
+    if os.environ.get(ROOT_VARIABLE):  # the version in that root, never the machine's own
+        if not allow_start:
+            raise BrokerUnavailableError(f"{ROOT_VARIABLE} is set: its node must be started")
+        node = ThrowawayRabbitMQ()
+        return RabbitMQBroker(node.url, "throwaway", node.__enter__())
     if amqp_answers(DEFAULT_URL, timeout=1.0):
         return RabbitMQBroker(DEFAULT_URL, "local")
     reasons = [f"no broker answers on 127.0.0.1:5672 and {URL_VARIABLE} is not set"]
@@ -563,6 +774,33 @@ def throwaway_rabbitmq_for_pytest() -> Iterator[Callable[..., ThrowawayRabbitMQ]
     finally:
         for node in nodes:
             node.close()
+
+
+def throwaway_cluster_for_pytest() -> Iterator[Callable[..., ThrowawayCluster]]:
+    """Body of a pytest fixture that yields a factory of started :class:`ThrowawayCluster`.
+
+    The factory takes the arguments of :class:`ThrowawayCluster`; every cluster it made is
+    closed afterwards. A cluster that cannot start skips the test (fails it in CI).
+    """
+    _require_pika()
+    clusters: list[ThrowawayCluster] = []
+
+    def start(size: int = 3, **options: Any) -> ThrowawayCluster:
+        try:
+            cluster = ThrowawayCluster(size, **options)
+        except BrokerUnavailableError as exc:
+            skip_or_fail(f"Cannot run throwaway RabbitMQ nodes: {exc}")
+        clusters.append(cluster)
+        try:
+            return cluster.start()
+        except BrokerUnavailableError as exc:
+            skip_or_fail(f"The throwaway RabbitMQ cluster did not start: {exc}")
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.close()
 
 
 # ---------------------------------------------------------------- campaigns

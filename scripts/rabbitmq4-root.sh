@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Make (once) a Debian trixie root file system holding rabbitmq-server 4.x, so that the test
+# suite can run the broker tests against RabbitMQ 4 and the deployment smoke test can build
+# its broker image from 4.x packages (docker import), on a machine whose own packages ship
+# RabbitMQ 3.x.
+#
+#   scripts/rabbitmq4-root.sh          # prints the root's directory, building it if needed
+#
+# The root is cached outside the repository, in $COLMENA_RABBITMQ4_ROOT (default
+# /var/cache/colmena/rabbitmq4-root): the first run takes about ten minutes (debootstrap
+# downloads ~100 MB of packages), later runs return at once. A root is only published under
+# that name once it is complete (built aside, then renamed), so an interrupted build never
+# leaves a half-made cache behind; concurrent runs wait for each other (flock).
+# Needs root (debootstrap) and the Debian mirror in $COLMENA_DEBIAN_MIRROR
+# (default http://deb.debian.org/debian).
+set -euo pipefail
+
+root="${COLMENA_RABBITMQ4_ROOT:-/var/cache/colmena/rabbitmq4-root}"
+mirror="${COLMENA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+suite="${COLMENA_RABBITMQ4_SUITE:-trixie}"
+marker="$root/.colmena-root-complete"
+
+complete() {
+    [ -f "$marker" ] && [ -x "$root/usr/lib/rabbitmq/bin/rabbitmq-server" ]
+}
+
+if complete; then
+    echo "$root"
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "rabbitmq4-root: building $root needs root (debootstrap)." >&2
+    exit 1
+fi
+
+parent="$(dirname "$root")"
+mkdir -p "$parent"
+exec 9>"$root.lock"
+flock 9
+if complete; then # another run finished it while we waited
+    echo "$root"
+    exit 0
+fi
+
+if ! command -v debootstrap >/dev/null 2>&1; then
+    echo "rabbitmq4-root: installing debootstrap" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends debootstrap debian-archive-keyring >/dev/null
+fi
+
+# Anything left by an interrupted run (never mounted: the build does not mount anything we
+# leave behind, debootstrap unmounts its own proc/sys on exit) is removed before starting.
+work="$root.building"
+for mount_point in "$work/proc" "$work/dev" "$work/sys"; do
+    if mountpoint -q "$mount_point" 2>/dev/null; then umount -l "$mount_point"; fi
+done
+rm -rf "$work"
+if [ -e "$root" ]; then # a directory without the marker: not ours to trust
+    rm -rf "$root"
+fi
+
+echo "rabbitmq4-root: building a $suite root with rabbitmq-server in $root (about 10 min)" >&2
+debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$work" "$mirror" >&2
+if [ ! -x "$work/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
+    echo "rabbitmq4-root: debootstrap finished but rabbitmq-server is missing" >&2
+    exit 1
+fi
+# Nothing of the package's own service set-up is used: nodes get their own directories.
+rm -rf "$work/var/cache/apt/archives/"*.deb
+chroot "$work" dpkg-query -W -f '${Version}\n' rabbitmq-server >"$work/.colmena-rabbitmq-version"
+touch "$work/.colmena-root-complete"
+mv "$work" "$root"
+echo "$root"
