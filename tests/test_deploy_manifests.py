@@ -274,6 +274,26 @@ def test_in_chart_broker_is_a_statefulset_with_a_volume_and_a_consumer_timeout()
     assert set(secret["data"]) == {"username", "password", "url"}
 
 
+def test_broker_and_services_share_one_explicit_message_size_limit() -> None:
+    # RabbitMQ 4 defaults to 16 MiB, 3.x to 128 MiB: the chart and compose's rabbitmq.conf set
+    # the limit, and the services check the same one before sending.
+    shipped = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()
+    limit = re.search(r"^max_message_size\s*=\s*(\d+)\s*$", shipped, re.MULTILINE)
+    assert limit is not None and int(limit.group(1)) == 128 * 2**20
+    for size in (None, 64 * 2**20):
+        values = load_yaml(CI_VALUES["in-chart broker"])
+        if size is not None:
+            values["maxMessageSize"] = size
+        expected = size or int(limit.group(1))
+        manifests = render(values)
+        config = next(m for m in manifests if m["kind"] == "ConfigMap")
+        assert f"max_message_size = {expected}\n" in config["data"]["90-colmena.conf"]
+        for manifest in manifests:
+            if manifest["kind"] in {"Deployment", "Job"}:
+                env = pod_spec(manifest)["containers"][0]["env"]
+                assert {"name": "COLMENA_MAX_MESSAGE_SIZE", "value": str(expected)} in env
+
+
 def test_gateway_replicas_keep_each_client_on_one_replica() -> None:
     values = load_yaml(CI_VALUES["in-chart broker"])
 

@@ -102,6 +102,8 @@ app.kubernetes.io/component: {{ .component }}
       key: {{ include "colmena.brokerUrlKey" . }}
 - name: COLMENA_CAMPAIGN
   value: {{ .Values.campaign | quote }}
+- name: COLMENA_MAX_MESSAGE_SIZE
+  value: {{ int64 .Values.maxMessageSize | quote }}
 {{- if include "colmena.brokerCaSecret" . }}
 - name: SSL_CERT_FILE
   value: /etc/colmena/broker-ca/ca.crt
