@@ -22,6 +22,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from colmena_core.names import check_name
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
@@ -48,7 +50,6 @@ class ServiceSettings(BaseSettings):
     campaign: str = Field(
         default="default",
         description="Campaign name; campaigns that share a broker never see each other's messages",
-        pattern=r"^[A-Za-z0-9_.-]+$",
     )
     log_level: str = Field(
         default="INFO", description="Logging level (DEBUG, INFO, WARNING, ERROR)"
@@ -71,6 +72,11 @@ class ServiceSettings(BaseSettings):
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
         return value
+
+    @field_validator("campaign")
+    @classmethod
+    def _campaign(cls, value: str) -> str:
+        return check_name(value, "the campaign name")
 
     @field_validator("log_level")
     @classmethod

@@ -13,10 +13,9 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from colmena_core.models import ResourceRequirements
+from colmena_core.models.results import MAX_RETRIES
+from colmena_core.names import METHOD_PATTERN, NAME_PATTERN
 from colmena_core.queue.monitor import ResultSummary
-
-METHOD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$"
-"""Names of methods: Python identifiers, possibly dotted or with dashes."""
 
 
 class TaskRequest(BaseModel):
@@ -34,8 +33,7 @@ class TaskRequest(BaseModel):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments (JSON)")
     topic: str = Field(
         default="default",
-        min_length=1,
-        max_length=100,
+        pattern=NAME_PATTERN,
         description="Topic of the task, one the gateway allows; results can be filtered by it",
     )
     keep_inputs: bool = Field(default=False, description="Send the inputs back with the result")
@@ -45,7 +43,9 @@ class TaskRequest(BaseModel):
     resources: ResourceRequirements = Field(
         default_factory=ResourceRequirements, description="Resources the task asks for"
     )
-    max_retries: int = Field(default=0, ge=0, le=100, description="Re-run a failed task this often")
+    max_retries: int = Field(
+        default=0, ge=0, le=MAX_RETRIES, description="Re-run a failed task this often"
+    )
 
     @field_validator("args", "kwargs", "task_info")
     @classmethod

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from colmena_core.names import check_name
+
 from ..common import ServiceSettings
 
 
@@ -66,6 +68,8 @@ class GatewaySettings(ServiceSettings):
     def _topics(cls, value: str) -> str:
         if not cls.split(value):
             raise ValueError("at least one topic is needed")
+        for topic in cls.split(value):
+            check_name(topic, "each topic")
         return value
 
     @staticmethod
@@ -98,7 +102,7 @@ class GatewaySettings(ServiceSettings):
             if not sep_ok(token, client):
                 raise ValueError(
                     "COLMENA_GATEWAY_TOKENS must be comma-separated 'token:client' pairs with tokens "
-                    "of at least 16 characters and clients of letters, digits, '-' and '_'"
+                    "of at least 16 characters and clients of at most 60 letters, digits, '-' and '_'"
                 )
         if not tokens and self.env != "development":
             raise ValueError(
@@ -110,4 +114,8 @@ class GatewaySettings(ServiceSettings):
 
 def sep_ok(token: str, client: str) -> bool:
     """Whether one token entry is acceptable."""
-    return len(token) >= 16 and bool(client) and client.replace("-", "").replace("_", "").isalnum()
+    try:  # the client's results go to the client ID "api-<client>"
+        check_name(f"api-{client}", "client")
+    except ValueError:
+        return False
+    return len(token) >= 16 and client.replace("-", "").replace("_", "").isalnum()

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+from colmena_core.models.results import MAX_RETRIES
+
 from ..common import ServiceSettings
 
 
@@ -30,7 +32,12 @@ class TaskServerSettings(ServiceSettings):
         default=None,
         description="Name of this task server in heartbeats (default: host name and pid)",
     )
-    max_retries: int = Field(default=0, ge=0, description="Re-run failed tasks up to this often")
+    max_retries: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETRIES,
+        description=f"Re-run failed tasks up to this often (at most {MAX_RETRIES})",
+    )
     prefetch: int = Field(
         default=0,
         ge=0,

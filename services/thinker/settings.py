@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
+from colmena_core.names import check_name
+
 from ..common import ServiceSettings
 
 
@@ -16,7 +18,6 @@ class ThinkerSettings(ServiceSettings):
     )
     client_id: str = Field(
         default="thinker",
-        pattern=r"^[A-Za-z0-9_-]+$",
         description="Stable name of this thinker: a restarted thinker with the same ID receives "
         "the results that arrived while it was away",
     )
@@ -29,12 +30,16 @@ class ThinkerSettings(ServiceSettings):
         default=8082, ge=0, le=65535, description="Port of /healthz and /readyz"
     )
 
+    @field_validator("client_id")
+    @classmethod
+    def _client_id(cls, value: str) -> str:
+        return check_name(value, "the client ID")
+
     @field_validator("topics")
     @classmethod
     def _topics(cls, value: str) -> str:
         for topic in cls.split(value):
-            if not topic.replace("-", "").replace("_", "").isalnum():
-                raise ValueError(f"topic {topic!r} may only hold letters, digits, '-' and '_'")
+            check_name(topic, "each topic")
         return value
 
     @staticmethod

@@ -24,9 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from colmena_core.models.execution import WorkerOutcome, WorkerTask
 from colmena_core.models.resources import ResourceRequirements
+from colmena_core.names import MethodName, Name
 from colmena_core.proxy import get_store, proxy_json_encoder, proxy_serialized
 
 __all__ = [
+    "MAX_RETRIES",
     "FailureInformation",
     "Result",
     "SerializationMethod",
@@ -36,6 +38,11 @@ __all__ = [
 ]
 
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+
+MAX_RETRIES = 100
+"""Ceiling of ``max_retries``: a task that fails more often than this is not going to
+succeed, and an unbounded count would keep a failing task (and the task server's slot)
+busy for ever."""
 
 
 class SerializationMethod(StrEnum):
@@ -289,10 +296,10 @@ class Result(BaseModel):
     inputs: Inputs | str | bytes = Field(
         default=((), {}), description="Positional and keyword arguments, or their serialized form"
     )
-    task_id: str = Field(default_factory=_new_task_id, description="Unique identifier of the task")
+    task_id: Name = Field(default_factory=_new_task_id, description="Unique identifier of the task")
     value: Any = Field(default=None, description="Output of the task")
-    method: str | None = Field(default=None, description="Name of the method to run")
-    topic: str = Field(default="default", description="Topic of the task, which routes its result")
+    method: MethodName | None = Field(default=None, description="Name of the method to run")
+    topic: Name = Field(default="default", description="Topic of the task, which routes its result")
     success: bool | None = Field(default=None, description="Whether the task completed")
     complete: bool | None = Field(
         default=None,
@@ -302,8 +309,19 @@ class Result(BaseModel):
     resources: ResourceRequirements = Field(default_factory=ResourceRequirements)
     failure_info: FailureInformation | None = None
     worker_info: WorkerInformation | None = None
-    max_retries: int = Field(default=0, ge=0, description="Re-run a failed task up to this often")
+    max_retries: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RETRIES,
+        description=f"Re-run a failed task up to this often (at most {MAX_RETRIES})",
+    )
     retries: int = Field(default=0, ge=0, description="How often this task was re-run")
+    reply_tag: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Proof, made with the campaign secret, that the client this result goes "
+        "back to sent the task (see colmena_core.security.MessageSigner.reply_tag)",
+    )
 
     # Life cycle
     time_created: float | None = Field(default_factory=time.time)

@@ -21,10 +21,18 @@ from typing import Any
 
 from proxystore.store.utils import get_key
 
-from colmena_core.exceptions import MessageTooLargeError, TimeoutException
+from colmena_core.exceptions import (
+    MessageAuthenticationError,
+    MessageDecodeError,
+    MessageTooLargeError,
+    TimeoutException,
+)
 from colmena_core.models import ResourceRequirements, Result, SerializationMethod
-from colmena_core.models.wire import MessageDecodeError, decode_result, encode_result
+from colmena_core.models.results import MAX_RETRIES
+from colmena_core.models.wire import decode_result, encode_kill, encode_result
+from colmena_core.names import check_method, check_name
 from colmena_core.proxy import get_store
+from colmena_core.security import MessageSigner, load_secret
 
 __all__ = ["ColmenaQueues", "QueueRole"]
 
@@ -73,6 +81,11 @@ class ColmenaQueues(ABC):
             topics or per topic (``None`` disables ProxyStore for that topic)
     """
 
+    signer: MessageSigner | None = None
+    """Signs every message with the campaign secret and checks the signature of every message
+    received (``None``: messages are not signed). Transports over a network set it from
+    their ``secret`` argument or the environment (see :mod:`colmena_core.security`)."""
+
     max_message_size: int | None = None
     """Largest encoded message the transport carries, in bytes (``None``: no limit).
 
@@ -91,6 +104,8 @@ class ColmenaQueues(ABC):
     ) -> None:
         if isinstance(topics, str):
             raise ValueError("topics must be a collection of names, not a single string")
+        for topic in topics:
+            check_name(topic, "A topic")
         self.topics: set[str] = set(topics) | {"default"}
         self.serialization_method = SerializationMethod(serialization_method)
         self.keep_inputs = keep_inputs
@@ -136,6 +151,22 @@ class ColmenaQueues(ABC):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._init_local_state()
+
+    def _use_secret(self, secret: str | bytes | None) -> None:
+        """Sign messages with ``secret``, or the campaign secret of the environment."""
+        loaded = load_secret(secret)
+        self.signer = None if loaded is None else MessageSigner(loaded)
+        if self.signer is None:
+            logger.warning(
+                "%s without a campaign secret: messages are not signed, so anyone who can "
+                "publish on the transport can run code here (set COLMENA_CAMPAIGN_SECRET)",
+                type(self).__name__,
+            )
+
+    @property
+    def reply_scope(self) -> str:
+        """Name of the client its results come back to (part of each request's reply tag)."""
+        return ""
 
     # ------------------------------------------------------------------ roles
     def set_role(self, role: QueueRole | str) -> None:
@@ -233,6 +264,10 @@ class ColmenaQueues(ABC):
         """
         self._check_role(QueueRole.CLIENT, "send_inputs")
         self._check_topic(topic)
+        if method is not None:
+            check_method(method)
+        if isinstance(max_retries, bool) or not 0 <= max_retries <= MAX_RETRIES:
+            raise ValueError(f"max_retries must be between 0 and {MAX_RETRIES}, not {max_retries}")
         if isinstance(resources, dict):
             resources = ResourceRequirements(**resources)
         store_name = self.proxystore_name[topic]
@@ -261,8 +296,10 @@ class ColmenaQueues(ABC):
             proxystore_threshold=threshold,
             proxystore_config=store_config,
         )
+        if self.signer is not None:
+            result.reply_tag = self.signer.reply_tag(self.reply_scope, result.task_id)
         result.time_serialize_inputs, proxies = result.serialize()
-        message = encode_result(result)
+        message = encode_result(result, self.signer)
         too_large = self._too_large(message, f"The request of task {result.task_id}")
         if too_large is not None:
             if proxies and store_name is not None:  # nothing will read them
@@ -302,9 +339,9 @@ class ColmenaQueues(ABC):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             message = self._get_result(topic, remaining)
             try:
-                result = decode_result(message)
-            except MessageDecodeError:
-                logger.exception("Dropped an undecodable result message on topic %s", topic)
+                result = self.decode_result(message)
+            except MessageDecodeError as exc:
+                logger.warning("Dropped a result message on topic %s: %s", topic, exc)
                 continue
             if not self._mark_received(result.task_id):
                 logger.info("Dropped a duplicate delivery of the result of task %s", result.task_id)
@@ -316,6 +353,39 @@ class ColmenaQueues(ABC):
             result.mark_result_received()
             logger.info("Client received a %s result with topic %s", result.method, topic)
             return result
+
+    def decode_result(self, message: bytes | bytearray | memoryview) -> Result:
+        """Decode a result addressed to this client, its payloads still serialized.
+
+        The signature is checked first, then that the message is a result (not a request)
+        and, with a secret, that it carries the reply tag of a task this client sent.
+
+        Raises:
+            MessageAuthenticationError: unsigned, badly signed, or for a task not sent here
+            MessageDecodeError: not a valid result message
+        """
+        result = decode_result(message, self.signer)
+        if result.success is None:
+            raise MessageDecodeError(f"The message of task {result.task_id} is not a result")
+        if self.signer is not None and result.reply_tag != self.signer.reply_tag(
+            self.reply_scope, result.task_id
+        ):
+            raise MessageAuthenticationError(
+                f"The result of task {result.task_id} is not for a task this client sent"
+            )
+        return result
+
+    def decode_request(self, message: bytes | bytearray | memoryview) -> Result:
+        """Decode a task request, checking its signature first (payloads stay serialized).
+
+        Raises:
+            MessageAuthenticationError: unsigned or badly signed
+            MessageDecodeError: not a valid request message
+        """
+        task = decode_result(message, self.signer)
+        if task.success is not None:
+            raise MessageDecodeError(f"The message of task {task.task_id} is not a request")
+        return task
 
     def _release_input_proxies(self, result: Result) -> None:
         """Evict the proxied inputs of a finished task, unless the result hands them back."""
@@ -334,6 +404,10 @@ class ColmenaQueues(ABC):
                 store.evict(key)
             except Exception:
                 logger.warning("Could not evict an input of task %s", task_id, exc_info=True)
+
+    def kill_message(self) -> bytes:
+        """The kill signal as a message, signed like the others."""
+        return encode_kill(self.signer)
 
     def send_kill_signal(self) -> None:
         """Tell the task servers to finish their in-flight tasks and stop."""
@@ -362,9 +436,9 @@ class ColmenaQueues(ABC):
                 task = message
             else:
                 try:
-                    task = decode_result(message)
-                except MessageDecodeError:
-                    logger.exception("Dropped an undecodable task request")
+                    task = self.decode_request(message)
+                except MessageDecodeError as exc:
+                    logger.warning("Dropped a task request: %s", exc)
                     continue
             task.mark_input_received()
             return task.topic, task
@@ -380,17 +454,17 @@ class ColmenaQueues(ABC):
         if topic is not None:
             result.topic = topic
         result.mark_result_sent()
-        message = encode_result(result)
+        message = encode_result(result, self.signer)
         too_large = self._too_large(message, f"The result of task {result.task_id}")
         if too_large is not None:
             logger.error("%s", too_large)
             # The thinker still gets one result for its task: the failure, without the value
             result.drop_payloads(inputs=False)
             result.set_failure(too_large)
-            message = encode_result(result)
+            message = encode_result(result, self.signer)
             if not self._fits(message):  # the inputs it kept are too large too
                 result.drop_payloads(inputs=True)
-                message = encode_result(result)
+                message = encode_result(result, self.signer)
         self._send_result(message, result)
 
     def _fits(self, message: bytes) -> bool:
@@ -436,7 +510,7 @@ class ColmenaQueues(ABC):
 
     @abstractmethod
     def _send_kill_signal(self) -> None:
-        """Deliver the kill signal to every task server."""
+        """Deliver the kill signal (:meth:`kill_message`) to every task server."""
 
     @abstractmethod
     def flush(self) -> None:

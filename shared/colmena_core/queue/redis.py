@@ -10,8 +10,10 @@ Keys used for a prefix ``p``:
 - ``p_requests``: task requests, for every task server
 - ``p_result_<topic>``: results of one topic, for the thinker
 
-Messages are raw bytes (:mod:`colmena_core.models.wire`). The kill signal is an empty
-value, which can never be a message (messages start with ``b"CLM1"``).
+Messages are raw bytes (:mod:`colmena_core.models.wire`), signed with the campaign secret
+when there is one (:mod:`colmena_core.security`); the kill signal is a small message of its
+own kind on the requests list. Unsigned or badly signed messages are dropped with a warning
+before anything in them is parsed.
 
 Needs Redis 6.0 or newer (fractional timeouts of blocking pops) and the optional
 ``redis`` extra (``pip install 'colmena-core[redis]'``).
@@ -35,16 +37,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "RedisQueues needs the redis package: pip install 'colmena-core[redis]'"
     ) from exc
 
-from colmena_core.exceptions import KillSignalException, TimeoutException
+from colmena_core.exceptions import KillSignalException, MessageDecodeError, TimeoutException
 from colmena_core.models import Result, SerializationMethod
+from colmena_core.models.wire import decode_kill
 from colmena_core.queue.base import ColmenaQueues
 
 __all__ = ["RedisConnectionError", "RedisQueues"]
 
 logger = logging.getLogger(__name__)
-
-_KILL = b""
-"""The kill signal: an empty value, never a valid message."""
 
 _MAX_BLOCK = 30.0
 """Longest single blocking pop, in seconds; longer waits are made of several pops."""
@@ -113,6 +113,8 @@ class RedisQueues(ColmenaQueues):
             of topic to store name (topics left out do not use ProxyStore)
         proxystore_threshold: Size in bytes above which objects travel by proxy, for all
             topics or per topic (``None`` disables ProxyStore for that topic)
+        secret: Campaign secret that signs the messages (default: ``COLMENA_CAMPAIGN_SECRET``
+            or the file named by ``COLMENA_CAMPAIGN_SECRET_FILE``; none: unsigned)
     """
 
     max_message_size: int | None = 512 * 1024 * 1024
@@ -133,12 +135,14 @@ class RedisQueues(ColmenaQueues):
         keep_inputs: bool = True,
         proxystore_name: str | dict[str, str] | None = None,
         proxystore_threshold: int | dict[str, int] | None = None,
+        secret: str | bytes | None = None,
     ) -> None:
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
         )
         if prefix is not None and (not isinstance(prefix, str) or not prefix):
             raise ValueError("prefix must be a non-empty string")
+        self._use_secret(secret)
         self.hostname = hostname
         self.port = int(port)
         self.prefix: str = str(uuid4()) if prefix is None else prefix
@@ -233,6 +237,11 @@ class RedisQueues(ColmenaQueues):
             f"Cannot reach the Redis server at {self.hostname}:{self.port}: {exc}"
         ) from exc
 
+    @property
+    def reply_scope(self) -> str:
+        """Results are addressed to the key prefix of these queues."""
+        return self.prefix
+
     # ------------------------------------------------------------------- keys
     @property
     def _requests_key(self) -> str:
@@ -286,9 +295,11 @@ class RedisQueues(ColmenaQueues):
 
     def _get_request(self, timeout: float | None) -> bytes:
         message = self._pop(self._requests_key, timeout)
-        if message == _KILL:
-            raise KillSignalException()
-        return message
+        try:
+            decode_kill(message, self.signer)
+        except MessageDecodeError:
+            return message  # a request, or junk the base class drops with a warning
+        raise KillSignalException()
 
     def _send_result(self, message: bytes, result: Result) -> None:
         self._check_topic(result.topic)  # a result for an unknown topic would never be read
@@ -298,7 +309,7 @@ class RedisQueues(ColmenaQueues):
         return self._pop(self._result_key(topic), timeout)
 
     def _send_kill_signal(self) -> None:
-        self._push(self._requests_key, _KILL)
+        self._push(self._requests_key, self.kill_message())
 
     def flush(self) -> None:
         """Remove all existing requests and results of these queues from the server."""

@@ -23,7 +23,7 @@ from typing import Any
 from colmena_core.exceptions import KillSignalException, TimeoutException
 from colmena_core.models import FailureInformation, Result, SerializationMethod
 from colmena_core.models.execution import WorkerOutcome, WorkerTask
-from colmena_core.models.results import resolve_store, serialize_value
+from colmena_core.models.results import MAX_RETRIES, resolve_store, serialize_value
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
@@ -65,6 +65,8 @@ class BaseTaskServer(Process, ABC):
         timeout: float | None = None,
         max_retries: int = 0,
     ) -> None:
+        if not 0 <= max_retries <= MAX_RETRIES:
+            raise ValueError(f"max_retries must be between 0 and {MAX_RETRIES}, not {max_retries}")
         super().__init__(daemon=False, name=type(self).__name__)
         self.queues = queues
         self.method_names = set(method_names)
