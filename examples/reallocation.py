@@ -37,6 +37,8 @@ def train(database: list[tuple[float, float]]) -> list[float]:
 class ReallocatingThinker(BaseThinker):
     """Simulation and training agents that trade worker slots."""
 
+    rec: ResourceCounter  # always given below (it is None for thinkers made without one)
+
     def __init__(self, queues: ColmenaQueues, slots: int, budget: int, retrain_every: int) -> None:
         super().__init__(queues, resource_counter=ResourceCounter(slots, ["simulation", "ml"]))
         self.rec.reallocate(None, "simulation", slots)

@@ -41,7 +41,6 @@ __all__ = [
     "AgentSpec",
     "BaseThinker",
     "EventResponderSpec",
-    "NoResourceCounterError",
     "ReallocatorThread",
     "ResourceCounter",
     "ResultProcessorSpec",
@@ -222,11 +221,11 @@ class TaskSubmitterSpec(AgentSpec):
         Raises:
             ValueError: If the thinker has no resource counter or ``n_slots`` is invalid
         """
-        if not thinker.has_resource_counter:
+        rec = thinker.rec
+        if rec is None:
             raise ValueError(
                 f"Task submitter {self.name} needs the thinker to have a resource counter"
             )
-        rec = thinker.rec
         while not thinker.done.is_set():
             n_slots = _resolve_count(thinker, self.n_slots, "n_slots")
             assert n_slots is not None
@@ -318,7 +317,7 @@ class EventResponderSpec(AgentSpec):
             raise ValueError(
                 f"Event responder {self.name} reallocates resources: the thinker needs a resource counter"
             )
-        group = thinker._event_groups[self.event_name]
+        barrier = thinker.barriers[self.event_name]
         thinker.logger.info("Waiting for event %s", self.event_name)
 
         while not thinker.done.is_set():
@@ -326,16 +325,24 @@ class EventResponderSpec(AgentSpec):
                 continue
             thinker.logger.info("Event %s has been set", self.event_name)
             start = time.perf_counter()
-            completed = False
-            try:
-                self._respond(thinker)
-                completed = True
-            finally:
-                # A failure still counts as finished, so the event gets cleared
-                group.finish(thinker.done, thinker.reaction_time, wait=completed)
+            self._respond(thinker)
             thinker.logger.info(
-                "Responded to event %s in %.3f s", self.event_name, time.perf_counter() - start
+                "Finished responding to event %s. Runtime: %.3f s",
+                self.event_name,
+                time.perf_counter() - start,
             )
+            # Every responder to the event waits for the others: the last one to arrive
+            # clears the event, so none responds twice to one setting
+            try:
+                arrival = barrier.wait()
+            except threading.BrokenBarrierError:
+                break  # the thinker is winding down: another responder will not arrive
+            if arrival == 0:
+                thinker.logger.info(
+                    "All responses to event %s complete. Time elapsed: %.3f s",
+                    self.event_name,
+                    time.perf_counter() - start,
+                )
 
     def _respond(self, thinker: BaseThinker) -> None:
         """Call the method, with a reallocation thread running alongside if configured."""
@@ -343,6 +350,7 @@ class EventResponderSpec(AgentSpec):
             self.func(thinker)
             return
         max_slots = _resolve_count(thinker, self.max_slots, "max_slots")
+        assert thinker.rec is not None  # checked when the agent started
         reallocator = ReallocatorThread(
             thinker.rec,
             gather_from=self.gather_from,
@@ -389,43 +397,6 @@ def _resolve_count(thinker: BaseThinker, value: int | str | None, name: str) -> 
             f"{name} attribute {value!r} must hold a non-negative integer, not {resolved!r}"
         )
     return resolved
-
-
-class _EventGroup:
-    """Coordinates the responders of one event so the event is cleared after all finish.
-
-    Args:
-        members: Number of responders to the event
-        clear: Function that clears the event
-    """
-
-    def __init__(self, members: int, clear: Callable[[], None]) -> None:
-        self.members = members
-        self.clear = clear
-        self.finished = 0
-        self.round = 0
-        self.cond = threading.Condition()
-
-    def finish(self, done: threading.Event, poll: float, wait: bool = True) -> None:
-        """Record that one responder finished; the last one clears the event.
-
-        Args:
-            done: The thinker's ``done`` event: stop waiting for the others once it is set
-            poll: Seconds between checks of ``done``
-            wait: Whether to wait until every responder of this round finished, so a fast
-                responder does not respond twice to one setting of the event
-        """
-        with self.cond:
-            self.finished += 1
-            if self.finished >= self.members:
-                self.finished = 0
-                self.round += 1
-                self.clear()
-                self.cond.notify_all()
-                return
-            current = self.round
-            while wait and self.round == current and not done.is_set():
-                self.cond.wait(poll)
 
 
 # ------------------------------------------------------------------------------ decorators
@@ -611,10 +582,6 @@ def event_responder(
 
 
 # -------------------------------------------------------------------------------- thinker
-class NoResourceCounterError(AttributeError):
-    """Raised when reading :attr:`BaseThinker.rec` of a thinker created without a counter."""
-
-
 class _AgentDetails(threading.local):
     """Details local to one agent thread.
 
@@ -663,8 +630,10 @@ class BaseThinker(threading.Thread):
 
     Attributes:
         queues: Queues to the task server (set to the client role)
-        rec: Resource counter (see the property)
+        rec: Resource counter shared by the agents (``None`` when none was given)
         done: Event set when the agents should stop
+        barriers: One :class:`threading.Barrier` per event that event responders watch,
+            shared by the responders to that event (made when the thinker runs)
         local_details: Thread-local storage for each agent (holds ``name`` and ``logger``)
     """
 
@@ -687,13 +656,13 @@ class BaseThinker(threading.Thread):
 
         self.queues = queue
         self.queues.set_role(QueueRole.CLIENT)
-        self._rec = resource_counter
+        self.rec: ResourceCounter | None = resource_counter
 
         self.done = threading.Event()
         self.local_details = _AgentDetails(self.make_logger())
 
         # Coordination between agents, built when the thinker runs
-        self._event_groups: dict[str, _EventGroup] = {}
+        self.barriers: dict[str, threading.Barrier] = {}
         self._senders_finished = threading.Event()  # All agents but result processors exited
         self._senders_left = 0
         self._senders_lock = threading.Lock()
@@ -702,27 +671,9 @@ class BaseThinker(threading.Thread):
 
     # ---------------------------------------------------------------- resources
     @property
-    def rec(self) -> ResourceCounter:
-        """Resource counter shared by the agents.
-
-        Raises:
-            NoResourceCounterError: If the thinker was created without one
-        """
-        if self._rec is None:
-            raise NoResourceCounterError(
-                f"{type(self).__name__} has no resource counter: pass "
-                "resource_counter=ResourceCounter(...) to BaseThinker.__init__"
-            )
-        return self._rec
-
-    @rec.setter
-    def rec(self, value: ResourceCounter) -> None:
-        self._rec = value
-
-    @property
     def has_resource_counter(self) -> bool:
         """Whether the thinker has a resource counter (see :attr:`rec`)."""
-        return self._rec is not None
+        return self.rec is not None
 
     # ----------------------------------------------------------------- logging
     @property
@@ -741,9 +692,12 @@ class BaseThinker(threading.Thread):
         Args:
             name: Suffix of the child logger; ``None`` for the thinker's own logger
         Returns:
-            Logger named ``<logger_name or class name>[.<name>]``
+            Logger named ``<logger_name>[.<name>]``, where the thinker's name defaults to
+            ``<module>.<class name>`` of the thinker
         """
-        base = self.logger_name if self.logger_name is not None else type(self).__name__
+        base = self.logger_name
+        if base is None:
+            base = f"{type(self).__module__}.{type(self).__name__}"
         return logging.getLogger(base if name is None else f"{base}.{name}")
 
     # ------------------------------------------------------------------ agents
@@ -782,12 +736,16 @@ class BaseThinker(threading.Thread):
         self.local_details.name = spec.name
         self.local_details.logger = self.make_logger(spec.name)
         prepared = success = False
+        start = time.perf_counter()
         try:
             self.prepare_agent()
             prepared = True
             self.logger.info("%s %s started", spec.kind, spec.name)
             spec.run(self)
             success = True
+            self.logger.info(
+                "%s completed. Runtime: %.3f s", spec.name, time.perf_counter() - start
+            )
         except BaseException as exc:
             stage = "" if prepared else " while preparing"
             self.logger.warning("%s failed%s: %r", spec.name, stage, exc, exc_info=exc)
@@ -806,6 +764,10 @@ class BaseThinker(threading.Thread):
         """Signal the other agents that ``spec`` exited."""
         if not (success and spec.startup):
             self.done.set()
+        if self.done.is_set():
+            # Responders waiting for this one at a barrier must not wait forever
+            for barrier in self.barriers.values():
+                barrier.abort()
         if not isinstance(spec, ResultProcessorSpec):
             with self._senders_lock:
                 self._senders_left -= 1
@@ -830,11 +792,13 @@ class BaseThinker(threading.Thread):
             self.logger.warning("%s has no agents: nothing to run", type(self).__name__)
             return
 
-        self._event_groups = {}
+        self.barriers.clear()
         for event_name, members in Counter(
             s.event_name for s in specs if isinstance(s, EventResponderSpec)
         ).items():
-            self._event_groups[event_name] = self._make_event_group(event_name, members)
+            self.barriers[event_name] = threading.Barrier(
+                members, action=functools.partial(self._clear_event, event_name)
+            )
         self._senders_left = sum(1 for s in specs if not isinstance(s, ResultProcessorSpec))
         if self._senders_left == 0:
             self._senders_finished.set()
@@ -875,12 +839,8 @@ class BaseThinker(threading.Thread):
         else:
             self.logger.info("%s completed", type(self).__name__)
 
-    def _make_event_group(self, event_name: str, members: int) -> _EventGroup:
-        """Build the coordinator of the responders to one event."""
-
-        def _clear() -> None:
-            event = getattr(self, event_name, None)
-            if isinstance(event, threading.Event):
-                event.clear()
-
-        return _EventGroup(members, _clear)
+    def _clear_event(self, event_name: str) -> None:
+        """Clear the event once all its responders finished (the action of its barrier)."""
+        event = getattr(self, event_name, None)
+        if isinstance(event, threading.Event):
+            event.clear()
