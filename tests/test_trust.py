@@ -27,6 +27,13 @@ from colmena_core.exceptions import (
     TimeoutException,
 )
 from colmena_core.models import Result
+from colmena_core.models.heartbeat import (
+    MAX_HEARTBEAT_BYTES,
+    MAX_HEARTBEAT_TTL,
+    Heartbeat,
+    decode_heartbeat,
+    encode_heartbeat,
+)
 from colmena_core.models.results import MAX_RETRIES
 from colmena_core.models.wire import (
     MAGIC,
@@ -177,6 +184,36 @@ def test_signed_messages_are_checked_before_decoding() -> None:
         decode_kill(encode_kill(), signer)
     assert pickle.loads(pickle.dumps(signer)) == signer
     assert SECRET not in repr(signer)
+
+
+# -------------------------------------------------------------- heartbeats
+def test_heartbeats_are_validated() -> None:
+    signer = MessageSigner(SECRET)
+    good = Heartbeat(server_id="s1", ttl=15, methods=["add"], capacity=4, engine="parsl")
+    decoded = decode_heartbeat(encode_heartbeat(good, signer), signer)
+    assert decoded.server_id == "s1" and decoded.details == {"engine": "parsl"}
+    plain = json.loads(encode_heartbeat(good))
+    spoofed: list[bytes | str] = [
+        json.dumps({**plain, "ttl": 1e308}),
+        json.dumps({**plain, "ttl": MAX_HEARTBEAT_TTL + 1}),
+        json.dumps({**plain, "ttl": 0}),
+        '{"server_id": "s1", "ttl": 10, "capacity": Infinity}',
+        '{"server_id": "s1", "ttl": NaN}',
+        json.dumps({**plain, "methods": ["x" * 300]}),
+        json.dumps({**plain, "in_flight": -1}),
+        json.dumps({"ttl": 10}),
+        "[" * 60_000,
+        b"\xff\xfe",
+        b"",
+    ]
+    for body in spoofed:
+        message = body.encode() if isinstance(body, str) else body
+        with pytest.raises(MessageDecodeError):
+            decode_heartbeat(message)
+    with pytest.raises(MessageAuthenticationError):
+        decode_heartbeat(encode_heartbeat(good), signer)  # unsigned
+    with pytest.raises(MessageDecodeError, match="over the limit"):
+        decode_heartbeat(b" " * (MAX_HEARTBEAT_BYTES + 1))
 
 
 # ------------------------------------------------------------------- Redis
