@@ -19,6 +19,8 @@ from types import FrameType
 
 from pydantic import Field, field_validator
 
+from colmena_core.security import SECRET_FILE_VARIABLE, SECRET_VARIABLE, new_secret
+
 from .common import DEFAULT_BROKER_URL, ServiceSettings, redacted
 
 logger = logging.getLogger(__name__)
@@ -98,6 +100,8 @@ def launch(settings: LaunchSettings) -> int:
             "COLMENA_CAMPAIGN": settings.campaign,
             "COLMENA_LOG_LEVEL": settings.log_level,
         }
+        if not env.get(SECRET_VARIABLE) and not env.get(SECRET_FILE_VARIABLE):
+            env[SECRET_VARIABLE] = new_secret()  # the services of this campaign sign with it
         processes: dict[str, subprocess.Popen[bytes]] = {}
         try:
             processes["task server"] = _service(
