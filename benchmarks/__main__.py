@@ -1,6 +1,6 @@
 """Run the benchmarks and write their tables into docs/performance.md.
 
-python -m benchmarks [--suite all|engine|rabbitmq|gateway] [--quick] [--repeats 3]
+python -m benchmarks [--suite all|engine|rabbitmq|gateway|signing] [--quick] [--repeats 3]
                      [--output docs/performance.md]
 
 A suite is a module of this package with ``run(repeats, quick)``, which measures and returns
@@ -28,6 +28,7 @@ SUITES: dict[str, str] = {
     "engine": "benchmarks.engine",
     "rabbitmq": "benchmarks.rabbitmq",
     "gateway": "benchmarks.gateway",
+    "signing": "benchmarks.signing",
 }
 """Suite name (also the name of its markers in the output) -> module, in the order they run."""
 
