@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from proxystore.connectors.file import FileConnector
 from proxystore.proxy import Proxy, is_resolved
 from proxystore.store import Store, unregister_store
+from proxystore.store.utils import get_key
 
 from colmena_core.models import Result
 from colmena_core.proxy import (
@@ -69,12 +71,33 @@ def test_resolve_proxies_async_finds_nested_proxies(store: Store[Any]) -> None:
 
 def test_store_proxy_stats_records_timings(store: Store[Any]) -> None:
     proxy: Proxy[bytes] = store.proxy(b"x" * 1000, populate_target=False)
-    assert proxy == b"x" * 1000
     timing: dict[str, dict[str, Any]] = {}
-    store_proxy_stats(proxy, timing)
-    assert len(timing) == 1
-    (stats,) = timing.values()
-    assert any("resolve" in name or "get" in name for name in stats)
+    store_proxy_stats(proxy, timing)  # created: the store measured the put
+    start = time.perf_counter()
+    assert proxy == b"x" * 1000
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    store_proxy_stats(proxy, timing)  # resolved: merged into the same entry
+
+    # One entry per proxy, shaped as ProxyStore's metrics (as the original Colmena)
+    assert list(timing) == [str(get_key(proxy))]
+    (entry,) = timing.values()
+    assert set(entry) == {"attributes", "counters", "times"}
+    assert {"store.put", "factory.resolve"} <= set(entry["times"])
+    resolve = entry["times"]["factory.resolve"]
+    assert resolve["count"] == 1
+    # ProxyStore 1.x records factory times in nanoseconds: they are reported in ms
+    assert 0 < resolve["avg_time_ms"] <= elapsed_ms
+    assert resolve["last_time_ms"] == resolve["avg_time_ms"]
+
+
+def test_store_proxy_stats_without_metrics(tmp_path: Path) -> None:
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with Store(name, FileConnector(str(tmp_path / "plain"), clear=True), register=True) as plain:
+        proxy: Proxy[int] = plain.proxy(1)
+        timing: dict[str, dict[str, Any]] = {}
+        store_proxy_stats(proxy, timing)
+    unregister_store(name)
+    assert timing == {str(get_key(proxy)): {"attributes": {}, "counters": {}, "times": {}}}
 
 
 def _child_resolves(message: bytes, out: Any) -> None:

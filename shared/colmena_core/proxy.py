@@ -7,6 +7,7 @@ object is used. This module must not import any queue or task server code.
 
 from __future__ import annotations
 
+import math
 import pickle
 import warnings
 from typing import Any
@@ -101,11 +102,37 @@ def resolve_proxies_async(
     return proxies
 
 
-def store_proxy_stats(proxy: Proxy[Any], proxy_timing: dict[str, dict[str, Any]]) -> None:
-    """Copy the timings ProxyStore recorded for ``proxy`` into ``proxy_timing``.
+_NANOSECOND_TIMES = ("factory.",)
+"""Prefixes of the events ProxyStore 1.x times in nanoseconds, though under ``*_ms`` names."""
 
-    Only stores created with ``metrics=True`` record timings; other proxies are skipped.
+_TIME_FIELDS = ("avg_time_ms", "min_time_ms", "max_time_ms", "last_time_ms")
+
+
+def _stats_in_ms(name: str, stats: dict[str, Any]) -> dict[str, Any]:
+    """The statistics of one event, with every ``*_time_ms`` field in milliseconds."""
+    if not name.startswith(_NANOSECOND_TIMES):
+        return stats
+    return {
+        field: value / 1e6 if field in _TIME_FIELDS and value != math.inf else value
+        for field, value in stats.items()
+    }
+
+
+def store_proxy_stats(proxy: Proxy[Any], proxy_timing: dict[str, dict[str, Any]]) -> None:
+    """Record what ProxyStore measured about ``proxy`` in ``proxy_timing``, as the original.
+
+    ``proxy_timing`` gets one entry per proxy, under the string form of its key, shaped as
+    ProxyStore's metrics: ``{"attributes": {...}, "counters": {...}, "times": {event:
+    {"count", "avg_time_ms", "min_time_ms", "max_time_ms", "last_time_ms", ...}}}``. Calling
+    it again for the same proxy (e.g. once created, once resolved) merges the new figures in.
+    All times are in milliseconds (ProxyStore 1.x reports its ``factory.*`` events in
+    nanoseconds; they are converted). Only stores created with ``metrics=True`` measure
+    anything: for other proxies the entry stays empty.
     """
+    key = str(get_key(proxy))
+    entry = proxy_timing.setdefault(key, {})
+    for part in ("attributes", "counters", "times"):
+        entry.setdefault(part, {})
     factory = get_factory(proxy)
     if not isinstance(factory, StoreFactory):
         return
@@ -115,8 +142,11 @@ def store_proxy_stats(proxy: Proxy[Any], proxy_timing: dict[str, dict[str, Any]]
     metrics = store.metrics.get_metrics(proxy)
     if metrics is None:
         return
-    key = str(get_key(proxy))
-    proxy_timing[key] = {name: stats.as_dict() for name, stats in metrics.times.items()}
+    entry["attributes"].update(metrics.attributes)
+    entry["counters"].update(metrics.counters)
+    entry["times"].update(
+        {name: _stats_in_ms(name, stats.as_dict()) for name, stats in metrics.times.items()}
+    )
 
 
 class _Presized:
