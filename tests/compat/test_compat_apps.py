@@ -1,0 +1,198 @@
+"""Colmena applications written as the original's documentation teaches them.
+
+Each is what a user of Colmena 0.5 (the seed's documentation) or 0.7 would write, with
+``colmena`` replaced by ``colmena_core`` in the imports and nothing else changed. Each runs end
+to end with Parsl, on pipes and on RabbitMQ (the ``make_queues`` fixture).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from parsl.config import Config
+from parsl.executors import ThreadPoolExecutor
+
+from colmena_core.models import ExecutableTask, ResourceRequirements, Result
+from colmena_core.queue import ColmenaQueues
+from colmena_core.task_server import ParslTaskServer
+from colmena_core.task_server.base import BaseTaskServer
+from colmena_core.thinker import (
+    BaseThinker,
+    ResourceCounter,
+    agent,
+    result_processor,
+    task_submitter,
+)
+
+QueueMaker = Callable[..., ColmenaQueues]
+"""The ``make_queues`` fixture: ``make_queues(topics, methods)``."""
+
+WAIT = 120.0
+"""Longest wait, in seconds, for an application or its task server to finish."""
+
+
+def thread_config(run_dir: Path) -> Config:
+    """A Parsl configuration with local threads, as the documentation's quick examples use."""
+    return Config(
+        executors=[ThreadPoolExecutor(label="threads", max_threads=2)],
+        run_dir=str(run_dir),
+        strategy="none",
+    )
+
+
+def run_application(queues: ColmenaQueues, doer: BaseTaskServer, thinker: BaseThinker) -> None:
+    """The documentation's main program: start the task server, run the thinker, stop both."""
+    doer.start()
+    try:
+        thinker.start()
+        thinker.join(WAIT)
+        assert not thinker.is_alive(), "the thinker did not finish"
+    finally:
+        queues.send_kill_signal()
+        doer.join(WAIT)
+    assert doer.exitcode == 0
+    assert not thinker.agent_errors, thinker.agent_errors
+
+
+# ------------------------------------------------- a steering loop in the seed's style
+def simulate(x: float) -> float:
+    """The "expensive" simulation: a parabola with its minimum at x = 0."""
+    return x**2 - 3
+
+
+class Optimizer(BaseThinker):
+    """Keeps two simulations running, each near the best point so far, until the budget."""
+
+    def __init__(self, queues: ColmenaQueues, budget: int) -> None:
+        super().__init__(queues, ResourceCounter(2, ["simulation"]))
+        self.rec.reallocate(None, "simulation", 2)  # type: ignore[union-attr]
+        self.budget = budget
+        self.database: list[tuple[float, float]] = []
+        self.next_step = 2.0
+
+    @task_submitter(task_type="simulation", n_slots=1)
+    def submit(self) -> None:
+        # Look on either side of the best point so far, closer each time
+        best = min(self.database, key=lambda pair: pair[1])[0] if self.database else 4.0
+        self.next_step = -self.next_step * 0.75
+        self.queues.send_inputs(best + self.next_step, method="simulate", topic="simulation")
+
+    @result_processor(topic="simulation")
+    def record(self, result: Result) -> None:
+        assert result.success, result.failure_info
+        self.database.append((result.args[0], result.value))
+        self.rec.release("simulation", 1)  # type: ignore[union-attr]
+        self.logger.info("f(%.3f) = %.3f", result.args[0], result.value)
+        if len(self.database) >= self.budget:
+            self.done.set()
+
+
+def test_seed_style_optimizer(make_queues: QueueMaker, tmp_path: Path) -> None:
+    queues = make_queues(["simulation"], methods=["simulate"])
+    doer = ParslTaskServer([simulate], queues, thread_config(tmp_path))
+    thinker = Optimizer(queues, budget=6)
+    run_application(queues, doer, thinker)
+
+    # The budget is met; tasks still running when it was are processed too
+    assert 6 <= len(thinker.database) <= 8
+    assert all(fx == x**2 - 3 for x, fx in thinker.database)
+    assert min(fx for _, fx in thinker.database) < simulate(4.0)  # it moved downhill
+    assert thinker.rec is not None and thinker.rec.available_slots("simulation") == 2
+
+
+# ------------------------------------- a thinker handing its queues to a process pool
+def mean_of_results(queues: ColmenaQueues, count: int, topic: str) -> float:
+    """Runs in a pool worker: collect results with the thinker's own queues."""
+    values = []
+    for _ in range(count):
+        result = queues.get_result(topic, timeout=WAIT)
+        assert result is not None and result.success, result
+        values.append(result.value)
+    return sum(values) / len(values)
+
+
+class Delegator(BaseThinker):
+    """Sends a batch, then lets a worker process of a pool gather the results."""
+
+    mean: float | None = None
+
+    @agent
+    def batch(self) -> None:
+        for x in range(4):
+            self.queues.send_inputs(float(x), method="simulate", topic="simulation")
+        with mp.get_context("spawn").Pool(1) as pool:
+            pending = pool.apply_async(mean_of_results, (self.queues, 4, "simulation"))
+            self.mean = pending.get(timeout=WAIT)
+
+
+def test_thinker_hands_its_queues_to_a_pool(make_queues: QueueMaker, tmp_path: Path) -> None:
+    queues = make_queues(["simulation"], methods=["simulate"])
+    doer = ParslTaskServer([simulate], queues, thread_config(tmp_path))
+    thinker = Delegator(queues)
+    run_application(queues, doer, thinker)
+    assert thinker.mean == sum(x**2 - 3 for x in range(4)) / 4
+
+
+# ---------------------------------- an MPI executable sized by the task's resources
+def fake_mpirun(directory: Path) -> Path:
+    """A stand-in for ``mpirun -np N command...``: runs the command, telling it N."""
+    launcher = directory / "mpirun"
+    launcher.write_text(
+        '#!/bin/sh\n[ "$1" = "-np" ] || exit 2\nCOMPAT_MPI_RANKS="$2"; export COMPAT_MPI_RANKS\n'
+        'shift 2\nexec "$@"\n'
+    )
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR)
+    return launcher
+
+
+class RankCount(ExecutableTask):
+    """An MPI program that reports how many ranks it was launched with."""
+
+    def __init__(self, launcher: Path) -> None:
+        super().__init__(
+            [sys.executable, "-c", "import os; print(os.environ['COMPAT_MPI_RANKS'])"],
+            mpi=True,
+            mpi_command_string=f"{launcher} -np {{total_ranks}}",
+        )
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        return [], None
+
+    def postprocess(self, run_dir: Path) -> int:
+        return int((run_dir / "colmena.stdout").read_text())
+
+
+class Launcher(BaseThinker):
+    """Asks for a different size of run each time."""
+
+    def __init__(self, queues: ColmenaQueues) -> None:
+        super().__init__(queues)
+        self.ranks: dict[int, int] = {}
+
+    @agent
+    def launch(self) -> None:
+        for nodes, per_node in [(1, 1), (2, 3), (2, 2)]:
+            resources = ResourceRequirements(node_count=nodes, cpu_processes=per_node)
+            self.queues.send_inputs(method="rankcount", resources=resources)
+            result = self.queues.get_result(timeout=WAIT)
+            assert result is not None and result.success, result
+            self.ranks[nodes * per_node] = result.value
+
+
+@pytest.mark.usefixtures("run_dirs")
+def test_mpi_executable_sized_by_resources_on_parsl(
+    make_queues: QueueMaker, tmp_path: Path
+) -> None:
+    queues = make_queues(methods=["rankcount"])
+    doer = ParslTaskServer([RankCount(fake_mpirun(tmp_path))], queues, thread_config(tmp_path))
+    thinker = Launcher(queues)
+    run_application(queues, doer, thinker)
+    assert thinker.ranks == {1: 1, 6: 6, 4: 4}
