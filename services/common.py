@@ -45,7 +45,8 @@ class ServiceSettings(BaseSettings):
 
     broker_url: str = Field(
         default=DEFAULT_BROKER_URL,
-        description="AMQP URL of the RabbitMQ broker (amqp:// or amqps://)",
+        description="AMQP URL of the RabbitMQ broker (amqp:// or amqps://); the URLs of a "
+        "cluster's nodes separated by commas, tried in turn",
     )
     campaign: str = Field(
         default="default",
@@ -69,9 +70,10 @@ class ServiceSettings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        if not value.startswith(("amqp://", "amqps://")):
-            raise ValueError("must start with amqp:// or amqps://")
-        return value
+        urls = [url.strip() for url in value.split(",")]
+        if not all(url.startswith(("amqp://", "amqps://")) for url in urls):
+            raise ValueError("must start with amqp:// or amqps:// (each, if comma-separated)")
+        return ",".join(urls)
 
     @field_validator("campaign")
     @classmethod
@@ -103,7 +105,11 @@ class ServiceSettings(BaseSettings):
 
 
 def redacted(url: str) -> str:
-    """A broker URL with its password hidden, for logs and messages."""
+    """A broker URL (or comma-separated URLs) with passwords hidden, for logs and messages."""
+    return ",".join(_redacted_one(part) for part in url.split(","))
+
+
+def _redacted_one(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     credentials, at, host = rest.rpartition("@")
     if not at:

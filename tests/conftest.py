@@ -17,8 +17,10 @@ import pytest
 
 from colmena_core.testing.brokers import (
     ThrowawayCampaign,
+    ThrowawayCluster,
     ThrowawayRabbitMQ,
     rabbitmq_url_for_pytest,
+    throwaway_cluster_for_pytest,
     throwaway_rabbitmq_for_pytest,
 )
 from colmena_core.testing.redis import redis_server_for_pytest
@@ -66,6 +68,17 @@ def throwaway_rabbitmq(
     node = throwaway_rabbitmq_factory()
     yield node
     node.close()
+
+
+@pytest.fixture(scope="module")
+def throwaway_cluster_factory() -> Iterator[Callable[..., ThrowawayCluster]]:
+    """Starts RabbitMQ clusters of throwaway nodes on loopback: ``factory(size, **options)``.
+
+    The options are those of :class:`ThrowawayRabbitMQ`, for every node (with
+    ``COLMENA_TEST_RABBITMQ_ROOT`` set, the nodes run from that root, like every throwaway
+    node); the clusters are closed at the end of the test module.
+    """
+    yield from throwaway_cluster_for_pytest()
 
 
 @pytest.fixture

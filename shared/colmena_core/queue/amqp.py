@@ -8,7 +8,8 @@ plugs in through three hooks and the helpers below.
 
 * **Connection life.** :meth:`AmqpLink.start` connects in the background and reconnects
   after every loss with back-off (0.1 s, doubling up to 5 s), each attempt bounded by the
-  connect timeout. Once the connection and its publishing channel are open, the link awaits
+  connect timeout. A URL may name several brokers, comma-separated (the nodes of a
+  cluster): each attempt after a failure or a loss goes to the next one, in turn. Once the connection and its publishing channel are open, the link awaits
   the owner's ``on_connected`` hook (declare the topology: an error in it drops the
   connection and the link tries again), then starts publishing and calls ``on_ready``
   (consume again). ``on_lost`` runs after each loss, for the owner to forget what belonged
@@ -58,6 +59,8 @@ __all__ = [
     "LinkClosedError",
     "Publication",
     "PublishRefusedError",
+    "broker_addresses",
+    "connection_parameters",
     "redact_url",
 ]
 
@@ -96,8 +99,30 @@ class LinkClosedError(ConnectionError):
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    """The URL (or comma-separated URLs) without passwords, for messages."""
+    return re.sub(r"(//[^:/@,]*:)[^@]*@", r"\1***@", url)
+
+
+def broker_addresses(url: str) -> list[str]:
+    """The broker URLs in ``url``: one, or several separated by commas (the nodes of a
+    cluster, which clients try in turn). A comma inside a password must be written ``%2C``.
+
+    Raises:
+        ValueError: ``url`` names no broker, or one of its URLs is not ``amqp[s]://``
+    """
+    addresses = [part.strip() for part in url.split(",") if part.strip()]
+    if not addresses:
+        raise ValueError("No broker URL given")
+    for address in addresses:
+        if not address.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"Not an amqp:// or amqps:// URL: {redact_url(address)!r}")
+    return addresses
+
+
+def connection_parameters(url: str) -> list[pika.URLParameters]:
+    """pika's parameters for each broker of ``url`` (see :func:`broker_addresses`), in order:
+    ``pika.BlockingConnection`` takes the list and tries them in turn."""
+    return [pika.URLParameters(address) for address in broker_addresses(url)]
 
 
 class CoalescingConnection(AsyncioConnection):
@@ -178,7 +203,8 @@ class AmqpLink:
     """One connection to an AMQP broker in an asyncio loop (see the module documentation).
 
     Args:
-        url: Broker URL, ``amqp://user:password@host:port/vhost``
+        url: Broker URL, ``amqp://user:password@host:port/vhost``, or several separated by
+            commas (the nodes of a cluster), tried in turn
         connect_timeout: Seconds each connection attempt may take
         heartbeat: AMQP heartbeat in seconds (``None``: the broker's proposal)
         max_unconfirmed: Messages that may be on the wire unconfirmed at once (``None``: any)
@@ -202,6 +228,11 @@ class AmqpLink:
         label: str = "AMQP link",
     ) -> None:
         self.url = url
+        self.addresses = broker_addresses(url)
+        """The brokers the link connects to, in turn."""
+        self.address = self.addresses[0]
+        """The broker of the current (or the next) connection attempt."""
+        self._attempts = itertools.count()
         self.connect_timeout = connect_timeout
         self.heartbeat = heartbeat
         self.max_unconfirmed = max_unconfirmed
@@ -335,7 +366,9 @@ class AmqpLink:
             delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
     async def _connect(self) -> None:
-        parameters = pika.URLParameters(self.url)
+        # Each attempt (after a failure or a loss) goes to the next broker in turn.
+        self.address = self.addresses[next(self._attempts) % len(self.addresses)]
+        parameters = pika.URLParameters(self.address)
         if self.heartbeat is not None:
             parameters.heartbeat = self.heartbeat
         parameters.connection_attempts = 1
@@ -352,7 +385,7 @@ class AmqpLink:
             logger.warning(
                 "%s could not connect to the broker at %s: %r",
                 self.label,
-                redact_url(self.url),
+                redact_url(self.address),
                 error,
             )
             if not opened.done():
@@ -377,7 +410,7 @@ class AmqpLink:
             await self._on_connected()
         self._ready.set()
         self.last_error = None
-        logger.info("%s connected to the broker at %s", self.label, redact_url(self.url))
+        logger.info("%s connected to the broker at %s", self.label, redact_url(self.address))
         self._pump()
         if self._on_ready is not None:
             self._on_ready()
