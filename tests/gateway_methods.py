@@ -34,3 +34,15 @@ def square(x: float) -> float:
 
 EXTRA = [square]
 """Methods of a second task server, whose arrival and departure the tests watch."""
+
+
+def nap(seconds: float, value: Any = None) -> Any:
+    """``value``, after ``seconds`` (keeps a worker busy, for the dashboard's utilisation)."""
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+CAMPAIGN = [*METHODS, nap]
+"""Methods of the task server of the dashboard's campaign."""

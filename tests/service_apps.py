@@ -110,3 +110,36 @@ class Failing(BaseThinker):
 
 def make_failing(queues: ColmenaQueues) -> Failing:
     return Failing(queues)
+
+
+class Mixed(BaseThinker):
+    """Sends COLMENA_TEST_COUNT tasks to the gateway tests' methods (every fourth fails, the
+    others take COLMENA_TEST_NAP seconds), one every COLMENA_TEST_PACE seconds, and finishes
+    once every result came back."""
+
+    def __init__(self, queues: ColmenaQueues) -> None:
+        super().__init__(queues)
+        self.count = int(os.environ.get("COLMENA_TEST_COUNT", "12"))
+        self.pace = float(os.environ.get("COLMENA_TEST_PACE", "0"))
+        self.nap = float(os.environ.get("COLMENA_TEST_NAP", "0"))
+        self.received = 0
+
+    @agent(startup=True)
+    def send(self) -> None:
+        for i in range(self.count):
+            if i % 4 == 3:
+                self.queues.send_inputs(f"bad input {i}", method="fail", topic="work")
+            else:
+                self.queues.send_inputs(self.nap, i, method="nap", topic="work")
+            if self.pace and self.done.wait(self.pace):
+                return
+
+    @result_processor(topic="work")
+    def collect(self, result: Result) -> None:
+        self.received += 1
+        if self.received == self.count:
+            self.done.set()
+
+
+def make_mixed(queues: ColmenaQueues) -> Mixed:
+    return Mixed(queues)

@@ -29,6 +29,7 @@ from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize
 from colmena_core.queue.rabbitmq import DEFAULT_DELIVERY_LIMIT, CampaignNames, CampaignTopology
 
 from .broker import BrokerLink, BrokerUnavailableError, Delivery, Subscription
+from .history import CampaignHistory
 from .metrics import GatewayMetrics
 from .models import (
     CampaignStatus,
@@ -200,15 +201,19 @@ class GatewayService:
         self._clients: set[str] = set()
         """API clients whose result queues exist (declared again on each connection)"""
         self._client_locks: dict[str, asyncio.Lock] = {}
+        self.history = CampaignHistory.of(self)
+        """What the monitor saw recently, for the dashboard"""
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
         """Start connecting to the broker (the gateway serves even while it is away)."""
         await self.link.start()
         self.monitor.start()
+        self.history.start()
 
     async def stop(self) -> None:
         """Wait for pending confirms, then disconnect everything."""
+        await self.history.stop()
         await self.link.stop()
         await asyncio.to_thread(self.monitor.stop)
 

@@ -1,5 +1,8 @@
 """Watch results as they arrive, read-only: copies that take nothing from anyone.
 
+``GET /monitor/history`` gives monitoring clients the campaign's recent history (the
+dashboard's charts and task table): see :mod:`services.gateway.history`.
+
 ``scope=own`` (the default) shows the results addressed to the calling client;
 ``scope=campaign`` shows every result of the campaign and needs a monitoring client
 (``COLMENA_GATEWAY_MONITORS``). Copies are best-effort: a watcher that is slow or away
@@ -12,16 +15,17 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, WebSocket, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
+from pydantic import BaseModel, Field
 
 from colmena_core.queue.monitor import ResultSummary
 
 from ...models import ErrorMessage, MonitoredResult, finite_json
 from ...service import CLIENT_PREFIX, GatewayService
-from ..deps import Gateway, StreamClient, websocket_client
+from ..deps import Gateway, MonitorClient, StreamClient, websocket_client
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
 
@@ -153,3 +157,59 @@ async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") ->
                     await task
     with contextlib.suppress(Exception):
         await websocket.close()
+
+
+class HistoryPoint(BaseModel):
+    """What happened in the campaign during one interval, and its state at the end of it."""
+
+    time: float = Field(description="End of the interval (Unix time)")
+    succeeded: int = Field(description="Results of tasks that completed")
+    failed: int = Field(description="Results of tasks that failed")
+    latency_p50: float | None = Field(description="Median seconds from creation to result")
+    latency_p95: float | None = Field(description="95th percentile of the same")
+    running_p50: float | None = Field(description="Median seconds the tasks ran")
+    servers: dict[str, dict[str, int | None]] = Field(
+        description="Each live task server's tasks in flight and capacity (heartbeats)"
+    )
+    queues: dict[str, int] | None = Field(
+        description="Messages waiting in each queue of the campaign (None: not readable)"
+    )
+
+
+class CampaignHistoryView(BaseModel):
+    """The campaign's recent history as the gateway's monitor saw it."""
+
+    started: float = Field(description="When the gateway started recording (Unix time)")
+    now: float = Field(description="The gateway's clock")
+    interval: float = Field(description="Seconds covered by each point")
+    points: list[HistoryPoint]
+    recent: list[dict[str, Any]] = Field(
+        description="The latest results of every client (copies), oldest first, each with "
+        "'seen', when the gateway saw it"
+    )
+    methods: dict[str, dict[str, int]] = Field(
+        description="Results by method since the gateway started: success and failure counts"
+    )
+
+
+@router.get(
+    "/history",
+    response_model=CampaignHistoryView,
+    responses={
+        401: {"model": ErrorMessage, "description": "No valid bearer token"},
+        403: {"model": ErrorMessage, "description": "Only monitoring clients see the campaign"},
+    },
+    summary="Recent history of the whole campaign",
+)
+async def campaign_history(
+    client: MonitorClient,
+    gateway: Gateway,
+    since: Annotated[
+        float | None,
+        Query(description="Only points and results after this time (a previous 'now')"),
+    ] = None,
+) -> dict[str, Any]:
+    """Throughput, latency, worker utilisation per task server and queue depths over the
+    last hour, the latest results of every client, and results by method (monitoring
+    clients only: the whole campaign, not only the gateway's clients)."""
+    return gateway.history.snapshot(since)
