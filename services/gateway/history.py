@@ -43,6 +43,9 @@ RECENT = 500
 DEPTH_EVERY = 3
 """Queue depths are read every this many points (each read is a short broker call)."""
 
+TICKS = 4
+"""Looks at the live servers per point: their tasks in flight are averaged over the point."""
+
 
 def _percentile(values: list[float], fraction: float) -> float | None:
     if not values:
@@ -85,12 +88,16 @@ class CampaignHistory:
         self._client_name = client_name
         self._lock = threading.Lock()
         self._bucket = _Bucket()
+        self._busy: dict[str, list[float]] = {}
+        """Per server: the sum of its tasks in flight over this point's ticks, and ticks"""
+        self._capacity: dict[str, int | None] = {}
         self._points: deque[dict[str, Any]] = deque(maxlen=POINTS)
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._methods: dict[str, dict[str, int]] = {}
         self._result_queues: dict[str, set[str]] = {}
         self._depths: dict[str, int] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.started = time.time()
 
@@ -140,6 +147,11 @@ class CampaignHistory:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._reading is not None:
+            self._reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reading
+            self._reading = None
 
     # ------------------------------------------------------------ record
     def _on_result(self, summary: ResultSummary) -> None:  # runs in the monitor's thread
@@ -168,10 +180,23 @@ class CampaignHistory:
                 self._result_queues.setdefault(summary.client_id, set()).add(summary.topic)
             self._recent.append(shown)
 
+    def _tick(self) -> None:
+        for server in self._servers():
+            busy = self._busy.setdefault(server.server_id, [0.0, 0])
+            busy[0] += server.in_flight or 0
+            busy[1] += 1
+            self._capacity[server.server_id] = server.capacity
+
     def _close_point(self, now: float) -> None:
-        servers = {
-            s.server_id: {"in_flight": s.in_flight, "capacity": s.capacity} for s in self._servers()
+        servers: dict[str, dict[str, float | None]] = {
+            server_id: {
+                "in_flight": round(total / ticks, 2),
+                "capacity": self._capacity.get(server_id),
+            }
+            for server_id, (total, ticks) in sorted(self._busy.items())
         }
+        self._busy.clear()
+        self._capacity.clear()
         with self._lock:
             bucket, self._bucket = self._bucket, _Bucket()
             self._points.append(
@@ -189,15 +214,19 @@ class CampaignHistory:
 
     async def _sample_forever(self) -> None:
         count = 0
-        next_time = time.monotonic() + INTERVAL
+        next_time = time.monotonic()
         while True:
-            if count % DEPTH_EVERY == 0:
-                await self._read_depths()
+            if count % (DEPTH_EVERY * TICKS) == 0 and (
+                self._reading is None or self._reading.done()
+            ):  # in the background: a slow broker delays no tick
+                self._reading = asyncio.create_task(self._read_depths())
             count += 1
+            next_time += INTERVAL / TICKS
             await asyncio.sleep(max(0.0, next_time - time.monotonic()))
-            next_time += INTERVAL
             try:
-                self._close_point(time.time())
+                self._tick()
+                if count % TICKS == 0:
+                    self._close_point(time.time())
             except Exception:  # a history with a gap is better than none
                 logger.exception("Could not record a point of the campaign's history")
 

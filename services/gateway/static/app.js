@@ -307,8 +307,10 @@ function drawCharts() {
   const history = state.history;
   const to = history.now;
   const span = Number($("window").value);
-  const first = history.points.length ? history.points[0].time - history.interval : to - 60;
-  const from = Math.max(to - span, Math.min(first, to - 60));
+  // The window, or the whole history when it is shorter (at least ten points wide)
+  const shortest = 10 * history.interval;
+  const first = history.points.length ? history.points[0].time - history.interval : to - shortest;
+  const from = Math.max(to - span, Math.min(first, to - shortest));
   const points = history.points;
   const per = (key) => points.map((p) => [p.time, p[key] / history.interval]);
   const okColour = getComputedStyle(document.documentElement).getPropertyValue("--ok").trim();

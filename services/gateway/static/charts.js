@@ -121,7 +121,9 @@ const Charts = (() => {
       g.moveTo(at, plot.bottom);
       g.lineTo(at, plot.bottom + 4);
       g.stroke();
-      g.fillText(clock(t, tickStep < 60), at, plot.bottom + 6);
+      const label = clock(t, tickStep < 60);
+      const half = g.measureText(label).width / 2;
+      if (at - half >= 0 && at + half <= width) g.fillText(label, at, plot.bottom + 6);
     }
 
     // Data

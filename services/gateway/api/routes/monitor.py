@@ -168,8 +168,9 @@ class HistoryPoint(BaseModel):
     latency_p50: float | None = Field(description="Median seconds from creation to result")
     latency_p95: float | None = Field(description="95th percentile of the same")
     running_p50: float | None = Field(description="Median seconds the tasks ran")
-    servers: dict[str, dict[str, int | None]] = Field(
-        description="Each live task server's tasks in flight and capacity (heartbeats)"
+    servers: dict[str, dict[str, float | None]] = Field(
+        description="Each live task server's tasks in flight (average over the interval, "
+        "from its heartbeats) and capacity"
     )
     queues: dict[str, int] | None = Field(
         description="Messages waiting in each queue of the campaign (None: not readable)"
