@@ -40,6 +40,7 @@ PROTECTED = [
     ("GET", "/api/v1/status"),
     ("GET", "/api/v1/status/dead-letters"),
     ("GET", "/api/v1/monitor/sse"),
+    ("GET", "/api/v1/monitor/history"),
 ]
 
 
@@ -165,6 +166,7 @@ def test_dashboard_is_served_from_the_package(client: TestClient) -> None:
     assert "http" not in page.text.replace("http-equiv", "")  # no CDN
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+    assert client.get("/static/charts.js").status_code == 200
 
 
 # ------------------------------------------------------------------ errors
@@ -184,6 +186,8 @@ def test_campaign_wide_views_are_for_monitoring_clients_only(client: TestClient)
     answer = client.get("/api/v1/status/dead-letters", headers=auth(BOB))
     assert answer.status_code == 403 and "COLMENA_GATEWAY_MONITORS" in answer.json()["detail"]
     assert client.get("/api/v1/status/dead-letters", headers=auth(ALICE)).status_code == 200
+    assert client.get("/api/v1/monitor/history", headers=auth(BOB)).status_code == 403
+    assert client.get("/api/v1/monitor/history", headers=auth(ALICE)).status_code == 200
     answer = client.get("/api/v1/monitor/sse", params={"scope": "campaign", "token": BOB})
     assert answer.status_code == 403
     with (
