@@ -3,8 +3,8 @@
 - deploy/compose.yaml validates against the Compose specification and has no default secrets;
 - deploy/Dockerfile has a non-root target with a health check per service;
 - the Helm chart lints clean and its manifests validate against the Kubernetes schemas (the
-  oldest supported version and the newest known), with default values and with an external
-  broker; it refuses to render without credentials; every pod runs restricted, with probes on
+  oldest supported version and the newest known), with default values, with a 3-node broker
+  cluster and with an external broker; it refuses to render without credentials; every pod runs restricted, with probes on
   the services' health endpoints; every value is documented and typed.
 
 Running the containers is tests/test_deploy_smoke.py's job.
@@ -12,6 +12,7 @@ Running the containers is tests/test_deploy_smoke.py's job.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -34,6 +35,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 CHART = DEPLOY / "helm" / "colmena"
 CI_VALUES = {
     "in-chart broker": CHART / "ci" / "in-chart-broker-values.yaml",
+    "in-chart broker cluster": CHART / "ci" / "broker-cluster-values.yaml",
     "external broker": CHART / "ci" / "external-broker-values.yaml",
 }
 
@@ -228,7 +230,7 @@ def test_every_pod_is_restricted_and_never_sees_a_secret_in_clear(
         assert spec["automountServiceAccountToken"] is False, name
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
-        for container in spec["containers"]:
+        for container in spec["containers"] + spec.get("initContainers", []):
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, name
             assert context["readOnlyRootFilesystem"] is True, name
@@ -292,6 +294,68 @@ def test_broker_and_services_share_one_explicit_message_size_limit() -> None:
             if manifest["kind"] in {"Deployment", "Job"}:
                 env = pod_spec(manifest)["containers"][0]["env"]
                 assert {"name": "COLMENA_MAX_MESSAGE_SIZE", "value": str(expected)} in env
+
+
+def test_in_chart_broker_cluster_forms_by_kubernetes_peer_discovery() -> None:
+    manifests = render(load_yaml(CI_VALUES["in-chart broker cluster"]))
+    by_kind = {(m["kind"], m["metadata"]["name"]): m for m in manifests}
+    name = "campaign-colmena-rabbitmq"
+    statefulset = by_kind[("StatefulSet", name)]
+    assert statefulset["spec"]["replicas"] == 3
+    assert statefulset["spec"]["podManagementPolicy"] == "Parallel"
+    spec = pod_spec(statefulset)
+    env = {v["name"]: v for v in spec["containers"][0]["env"]}
+    # Stable node names, from the pods' DNS names under the headless Service
+    assert env["RABBITMQ_USE_LONGNAME"]["value"] == "true"
+    assert env["RABBITMQ_NODENAME"]["value"] == (
+        f"rabbit@$(POD_NAME).{name}-headless.colmena.svc.cluster.local"
+    )
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    headless = by_kind[("Service", f"{name}-headless")]
+    assert {p["port"] for p in headless["spec"]["ports"]} >= {4369, 25672}
+    config = by_kind[("ConfigMap", name)]["data"]
+    assert "cluster_formation.peer_discovery_backend = k8s" in config["90-colmena.conf"]
+    assert "rabbitmq_peer_discovery_k8s" in config["enabled_plugins"]
+    mounts = {m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert "/etc/rabbitmq/enabled_plugins" in mounts
+    # One Erlang cookie for every node, copied where RabbitMQ reads it, owner-only
+    secret = by_kind[("Secret", name)]
+    assert "erlang-cookie" in secret["data"]
+    (init,) = spec["initContainers"]
+    assert "chmod 400 /var/lib/rabbitmq/.erlang.cookie" in init["command"][-1]
+    cookie = next(v for v in spec["volumes"] if v["name"] == "erlang-cookie")
+    assert cookie["secret"]["secretName"] == name
+    # Drains take one node at a time; the nodes may reach each other
+    budget = by_kind[("PodDisruptionBudget", name)]
+    assert budget["spec"]["maxUnavailable"] == 1
+    policy = by_kind[("NetworkPolicy", name)]
+    ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert {4369, 25672} <= ports
+    # A single node keeps its name and needs none of this
+    single = render(load_yaml(CI_VALUES["in-chart broker"]))
+    assert not [m for m in single if m["kind"] == "PodDisruptionBudget"]
+    single_set = next(m for m in single if m["kind"] == "StatefulSet")
+    assert single_set["spec"]["replicas"] == 1 and "initContainers" not in pod_spec(single_set)
+
+
+def test_external_cluster_urls_are_passed_on_and_checked() -> None:
+    base = {
+        "broker": {"enabled": False},
+        "gateway": {"auth": {"existingSecret": "tokens"}},
+    }
+    # The RabbitMQ Cluster Operator's Service, or the nodes' URLs separated by commas
+    for url in (
+        "amqp://colmena:secret-password@campaign-rabbit.rabbitmq.svc:5672/",
+        "amqp://u:p@node-0:5672/,amqp://u:p@node-1:5672/, amqps://u:p@node-2:5671/",
+    ):
+        manifests = render({**base, "externalBroker": {"url": url}})
+        secret = next(
+            m for m in manifests if m["metadata"]["name"] == "campaign-colmena-broker-url"
+        )
+        assert base64.b64decode(secret["data"]["url"]).decode() == url
+    for bad in ("amqp://u:p@node-0/,http://node-1/", "node-0:5672"):
+        with pytest.raises(helm_python.HelmError, match="url"):
+            render({**base, "externalBroker": {"url": bad}})
 
 
 def test_gateway_replicas_keep_each_client_on_one_replica() -> None:
@@ -360,6 +424,14 @@ def test_chart_rejects_weak_or_malformed_values() -> None:
         )
     with pytest.raises(helm_python.HelmError, match="replica"):
         render({"gateway": {"auth": {"existingSecret": "tokens"}, "replica": 2}})
+    cluster = load_yaml(CI_VALUES["in-chart broker cluster"])
+    with pytest.raises(helm_python.HelmError, match=re.escape("broker.replicas must be 1 or odd")):
+        render({**cluster, "broker": {**cluster["broker"], "replicas": 2}})
+    without_cookie = {**cluster["broker"], "auth": {"password": "p" * 20}}
+    with pytest.raises(helm_python.HelmError, match="erlangCookie"):
+        render({**cluster, "broker": without_cookie})
+    with pytest.raises(helm_python.HelmError, match=re.escape("broker.enabled=false")):
+        render({**cluster, "externalBroker": {"url": "amqp://u:p@elsewhere:5672/"}})
 
 
 def _leaf_paths(node: Any, prefix: str = "") -> Iterator[str]:

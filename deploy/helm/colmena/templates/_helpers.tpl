@@ -50,6 +50,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* Whether the in-chart broker is a cluster of several nodes. */}}
+{{- define "colmena.brokerClustered" -}}
+{{- if and .Values.broker.enabled (gt (int .Values.broker.replicas) 1) }}true{{ end }}
+{{- end }}
+
 {{- define "colmena.brokerName" -}}
 {{- printf "%s-rabbitmq" (include "colmena.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -84,6 +89,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and .Values.broker.tls.enabled (not .Values.broker.tls.secretName) }}
 {{- fail "broker.tls.enabled needs broker.tls.secretName: a kubernetes.io/tls Secret with tls.crt, tls.key and ca.crt." }}
+{{- end }}
+{{- $replicas := int .Values.broker.replicas }}
+{{- if and (gt $replicas 1) (eq (mod $replicas 2) 0) }}
+{{- fail "broker.replicas must be 1 or odd (3, 5, 7): quorum queues need a majority of the nodes, and an even number of nodes survives no more failures than one node fewer." }}
+{{- end }}
+{{- if and (gt $replicas 1) (not .Values.broker.auth.existingSecret) (not .Values.broker.auth.erlangCookie) }}
+{{- fail "broker.replicas > 1 makes a cluster, whose nodes share a secret: set broker.auth.erlangCookie (a long random string) or the key erlang-cookie in broker.auth.existingSecret." }}
+{{- end }}
+{{- if .Values.externalBroker.url }}
+{{- fail "externalBroker.url is set but broker.enabled is true: set broker.enabled=false to use the external broker." }}
 {{- end }}
 {{- else if and (not .Values.externalBroker.url) (not .Values.externalBroker.existingSecret) }}
 {{- fail "broker.enabled is false, so externalBroker.url (amqp[s]://user:password@host:port/vhost) or externalBroker.existingSecret is required." }}
