@@ -793,6 +793,11 @@ def write_env_file(path: Path, images: Mapping[str, str], port: int, token: str)
         "RABBITMQ_DEFAULT_USER": "colmena-" + secrets.token_hex(4),
         "RABBITMQ_DEFAULT_PASS": secrets.token_urlsafe(24),
         "REDIS_PASSWORD": secrets.token_urlsafe(24),
+        "COLMENA_CAMPAIGN_SECRET": secrets.token_urlsafe(32),
+        **{
+            f"COLMENA_{kind}_BROKER_PASSWORD": secrets.token_urlsafe(24)
+            for kind in ("THINKER", "TASKSERVER", "GATEWAY", "MONITOR")
+        },
         "COLMENA_GATEWAY_TOKENS": f"{token}:smoke-client",
         "COLMENA_CAMPAIGN": "smoke",
         "COLMENA_GATEWAY_BIND": "127.0.0.1",
