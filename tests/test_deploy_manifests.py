@@ -282,7 +282,45 @@ def test_in_chart_broker_is_a_statefulset_with_a_volume_and_a_consumer_timeout()
         for m in manifests
         if m["metadata"]["name"] == "campaign-colmena-rabbitmq" and m["kind"] == "Secret"
     )
-    assert set(secret["data"]) == {"username", "password", "url"}
+    assert {"username", "password", "url"} <= set(secret["data"])
+
+
+def test_in_chart_broker_has_one_user_per_service_kind_and_services_sign() -> None:
+    shipped = json.loads((DEPLOY / "rabbitmq" / "definitions.json").read_text())
+    chart_copy = DEPLOY / "helm" / "colmena" / "files" / "definitions.json"
+    assert json.loads(chart_copy.read_text()) == shipped  # one list of users, in two places
+    manifests = render(load_yaml(CI_VALUES["in-chart broker"]))
+    secret = next(
+        m
+        for m in manifests
+        if m["metadata"]["name"] == "campaign-colmena-rabbitmq" and m["kind"] == "Secret"
+    )
+    data = {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+    definitions = json.loads(data["definitions.json"])
+    assert "@" not in json.dumps(definitions["permissions"])
+    users = {user["name"]: user for user in definitions["users"]}
+    for kind in ("thinker", "taskserver", "gateway", "monitor"):
+        user = users[f"colmena-{kind}"]
+        assert user["tags"] == [] and user["password"] not in ("", data["password"])
+        assert data[f"url-{kind}"].split("@")[0].endswith(f"colmena-{kind}:{user['password']}")
+    assert users[data["username"]]["tags"] == ["administrator"]  # the operators', unused
+    permissions = [p for p in definitions["permissions"] if p["user"].startswith("colmena-")]
+    assert permissions == [p for p in shipped["permissions"] if p["user"].startswith("colmena-")]
+    config = next(m for m in manifests if m["kind"] == "ConfigMap")
+    assert (
+        "load_definitions = /etc/rabbitmq/definitions/definitions.json"
+        in (config["data"]["90-colmena.conf"])
+    )
+    workloads = {
+        m["metadata"]["labels"]["app.kubernetes.io/component"]: m
+        for m in manifests
+        if m["kind"] in ("Deployment", "Job")
+    }
+    for component, kind in (("gateway", "gateway"), ("thinker", "thinker")):
+        containers = workloads[component]["spec"]["template"]["spec"]["containers"]
+        env = {v["name"]: v for v in containers[0]["env"]}
+        assert env["COLMENA_BROKER_URL"]["valueFrom"]["secretKeyRef"]["key"] == f"url-{kind}"
+        assert env["COLMENA_CAMPAIGN_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "secret"
 
 
 def test_broker_and_services_share_one_explicit_message_size_limit() -> None:

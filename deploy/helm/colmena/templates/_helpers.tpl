@@ -72,6 +72,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.broker.enabled }}url{{ else }}{{ .Values.externalBroker.existingSecretKey }}{{ end }}
 {{- end }}
 
+{{/* Whether the chart makes the broker's users: one per service kind (files/definitions.json). */}}
+{{- define "colmena.brokerUsers" -}}
+{{- if and .Values.broker.enabled (not .Values.broker.auth.existingSecret) }}true{{ end }}
+{{- end }}
+
+{{/* Key of the broker URL of one service kind: (dict "root" $ "kind" "thinker") */}}
+{{- define "colmena.brokerUrlKeyFor" -}}
+{{- if include "colmena.brokerUsers" .root }}url-{{ .kind }}{{ else }}{{ include "colmena.brokerUrlKey" .root }}{{ end }}
+{{- end }}
+
+{{/* Password of the broker user of one service kind, derived from the broker's password. */}}
+{{- define "colmena.brokerPasswordFor" -}}
+{{- sha256sum (printf "colmena broker user %s:%s" .kind .root.Values.broker.auth.password) }}
+{{- end }}
+
+{{/* The campaign secret the services sign their messages with. */}}
+{{- define "colmena.campaignSecret" -}}
+{{- if .Values.campaignSecret }}
+{{- .Values.campaignSecret }}
+{{- else if and .Values.broker.enabled .Values.broker.auth.password }}
+{{- sha256sum (printf "colmena campaign secret:%s" .Values.broker.auth.password) }}
+{{- else if and (not .Values.broker.enabled) .Values.externalBroker.url }}
+{{- sha256sum (printf "colmena campaign secret:%s" .Values.externalBroker.url) }}
+{{- end }}
+{{- end }}
+
 {{/* The Secret holding a CA the services trust for amqps, if any. */}}
 {{- define "colmena.brokerCaSecret" -}}
 {{- if and .Values.broker.enabled .Values.broker.tls.enabled }}
@@ -103,18 +129,27 @@ app.kubernetes.io/component: {{ .component }}
 {{- else if and (not .Values.externalBroker.url) (not .Values.externalBroker.existingSecret) }}
 {{- fail "broker.enabled is false, so externalBroker.url (amqp[s]://user:password@host:port/vhost) or externalBroker.existingSecret is required." }}
 {{- end }}
+{{- if and (not .Values.existingCampaignSecret) (not (include "colmena.campaignSecret" .)) }}
+{{- fail "campaignSecret or existingCampaignSecret is required when the broker credentials come from an existing Secret: the services sign their messages with it (at least 16 characters; see docs/security.md)." }}
+{{- end }}
 {{- if and .Values.gateway.enabled (not .Values.gateway.auth.existingSecret) (not .Values.gateway.auth.tokens) }}
 {{- fail "gateway.auth.tokens is required: the gateway refuses clients without a token. Set gateway.auth.tokens[0].token and gateway.auth.tokens[0].clientId, or name a Secret in gateway.auth.existingSecret." }}
 {{- end }}
 {{- end }}
 
-{{/* Environment every Colmena container gets. */}}
+{{/* Environment every Colmena container gets: (dict "root" $ "kind" "thinker") */}}
 {{- define "colmena.commonEnv" -}}
 - name: COLMENA_BROKER_URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "colmena.brokerUrlSecret" . }}
-      key: {{ include "colmena.brokerUrlKey" . }}
+      name: {{ include "colmena.brokerUrlSecret" .root }}
+      key: {{ include "colmena.brokerUrlKeyFor" . }}
+- name: COLMENA_CAMPAIGN_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ default (printf "%s-campaign" (include "colmena.fullname" .root)) .root.Values.existingCampaignSecret }}
+      key: secret
+{{- with .root }}
 - name: COLMENA_CAMPAIGN
   value: {{ .Values.campaign | quote }}
 - name: COLMENA_MAX_MESSAGE_SIZE
@@ -125,6 +160,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
+{{- end }}
 {{- end }}
 {{- end }}
 
