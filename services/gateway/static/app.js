@@ -115,6 +115,7 @@ function showLogin(message) {
 
 async function signIn(token) {
   stopAll("connecting", "warn");
+  clearResults();
   state.token = token;
   let status;
   try {
@@ -492,6 +493,16 @@ async function refreshDeadLetters() {
     cell(row, letter.task_id ? letter.task_id.slice(0, 8) : "", "mono", letter.task_id || "");
     cell(row, letter.queue || letter.routing_keys.join(", "), "mono");
     cell(row, letter.error || "", letter.error ? "failure" : "");
+    const actions = cell(row, null, "actions");
+    if (letter.task_id) { // undecodable letters have no task: only "purge all" removes them
+      row.dataset.taskId = letter.task_id;
+      for (const action of ["requeue", "purge"]) {
+        const button = element("button", action, action === "purge" ? "small danger" : "small");
+        button.type = "button";
+        button.addEventListener("click", () => deadLetterAction(action, [letter.task_id]));
+        actions.appendChild(button);
+      }
+    }
     body.appendChild(row);
   }
   $("dead-count").textContent = letters.length >= 100 ? "100+" : String(letters.length);
@@ -507,17 +518,20 @@ function showDeadNote(text, bad) {
   note.className = bad ? "alert" : "note";
 }
 
-async function deadLetterAction(action) {
-  const count = $("dead-count").textContent;
+async function deadLetterAction(action, taskIds) {
+  const what = taskIds ? `the dead letter of task ${taskIds[0]}` : `the ${$("dead-count").textContent} dead letter(s)`;
   const question = action === "purge"
-    ? `Delete the ${count} dead letter(s) of campaign ${$("campaign").textContent}? They cannot be recovered.`
-    : `Send the ${count} dead letter(s) back to their queues, to be tried again?`;
+    ? `Delete ${what} of campaign ${$("campaign").textContent}? It cannot be undone.`
+    : `Send ${what} back to be delivered again (requests to their method's queue, results to their client)?`;
   if (!window.confirm(question)) return;
   try {
-    const answer = await api(`/monitor/dead-letters/${action}`, { method: "POST", body: "{}" });
+    const body = JSON.stringify(taskIds ? { task_ids: taskIds } : {});
+    const answer = await api(`/monitor/dead-letters/${action}`, { method: "POST", body });
     const done = action === "purge" ? answer.purged : answer.requeued;
     let text = `${action === "purge" ? "Purged" : "Requeued"} ${done} dead letter(s).`;
-    if (answer.skipped) text += ` ${answer.skipped} could not be requeued and stay.`;
+    if (action === "requeue" && answer.remaining) {
+      text += ` ${answer.remaining} stay: messages that cannot be decoded go nowhere (purge them).`;
+    }
     showDeadNote(text, false);
   } catch (error) {
     showDeadNote(`Could not ${action} the dead letters (${error.message})`, true);
@@ -587,6 +601,10 @@ window.addEventListener("DOMContentLoaded", () => {
     Charts.attachReadout(canvas, readout);
   }
   new ResizeObserver(() => drawCharts()).observe($("charts"));
+  window.addEventListener("hashchange", () => { // the launcher's address opened again
+    const given = tokenFromAddress();
+    if (given) signIn(given);
+  });
   const token = tokenFromAddress() || sessionStorage.getItem(TOKEN_KEY);
   if (token) signIn(token);
   else showLogin("");

@@ -92,7 +92,22 @@ const Charts = (() => {
     // Room for the value labels on the left, the legend above and the time labels below
     let labelWidth = 0;
     for (let v = 0; v <= top + 1e-9; v += step) labelWidth = Math.max(labelWidth, g.measureText(format(v)).width);
-    const legendHeight = 18;
+    // The legend: each series with its latest value, in as many rows as it needs
+    const legend = [];
+    let row = 0;
+    let at = Math.ceil(labelWidth) + 10;
+    for (const s of series) {
+      const values = s.values.filter(inRange);
+      const label = `${s.name} ${values.length ? format(values[values.length - 1][1]) : "–"}`;
+      const size = 14 + g.measureText(label).width;
+      if (at + size > width && at > Math.ceil(labelWidth) + 10) {
+        row += 1;
+        at = Math.ceil(labelWidth) + 10;
+      }
+      legend.push({ label, color: s.color, x: at, y: 9 + 16 * row });
+      at += size + 14;
+    }
+    const legendHeight = 16 * (row + 1) + 2;
     const plot = { left: Math.ceil(labelWidth) + 10, right: width - 8, top: legendHeight + 8, bottom: height - 20 };
     const span = Math.max(1, spec.to - spec.from);
     const x = (t) => plot.left + ((t - spec.from) / span) * (plot.right - plot.left);
@@ -133,7 +148,9 @@ const Charts = (() => {
     g.clip();
     if (spec.kind === "bars") {
       const interval = spec.interval || 1;
-      const barWidth = Math.max(1, (interval / span) * (plot.right - plot.left) - 1);
+      // Whole pixels, with a gap between bars only when they are wide enough for one
+      const slot = (interval / span) * (plot.right - plot.left);
+      const barWidth = Math.max(1, slot > 4 ? slot - 1 : slot);
       const base = new Map();
       for (const s of series) {
         g.fillStyle = s.color;
@@ -141,7 +158,8 @@ const Charts = (() => {
           if (!v) continue;
           const below = base.get(t) || 0;
           const yTop = y(below + v);
-          g.fillRect(x(t) - barWidth, yTop, barWidth, y(below) - yTop);
+          const left = Math.round(x(t) - barWidth);
+          g.fillRect(left, yTop, Math.max(1, Math.round(x(t)) - left - (slot > 4 ? 1 : 0)), y(below) - yTop);
           base.set(t, below + v);
         }
       }
@@ -174,21 +192,13 @@ const Charts = (() => {
     }
     g.restore();
 
-    // Legend, with each series' latest value
     g.textBaseline = "middle";
     g.textAlign = "left";
-    let at = plot.left;
-    for (const s of series) {
-      const values = s.values.filter(inRange);
-      const latest = values.length ? format(values[values.length - 1][1]) : "–";
-      const label = `${s.name} ${latest}`;
-      const labelSize = g.measureText(label).width;
-      if (at + 14 + labelSize > width) break;
-      g.fillStyle = s.color;
-      g.fillRect(at, 4, 10, 10);
+    for (const item of legend) {
+      g.fillStyle = item.color;
+      g.fillRect(item.x, item.y - 5, 10, 10);
       g.fillStyle = text;
-      g.fillText(label, at + 14, 9);
-      at += 14 + labelSize + 14;
+      g.fillText(item.label, item.x + 14, item.y);
     }
     if (!points && spec.empty) {
       g.textAlign = "center";
