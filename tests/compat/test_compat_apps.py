@@ -8,12 +8,18 @@ to end with Parsl, on pipes and on RabbitMQ (the ``make_queues`` fixture).
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import re
+import signal
 import stat
+import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import migration_app
 import pytest
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
@@ -22,6 +28,7 @@ from colmena_core.models import ExecutableTask, ResourceRequirements, Result
 from colmena_core.queue import ColmenaQueues
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.task_server.base import BaseTaskServer
+from colmena_core.testing import free_port
 from colmena_core.thinker import (
     BaseThinker,
     ResourceCounter,
@@ -196,3 +203,63 @@ def test_mpi_executable_sized_by_resources_on_parsl(
     thinker = Launcher(queues)
     run_application(queues, doer, thinker)
     assert thinker.ranks == {1: 1, 6: 6, 4: 4}
+
+
+# --------------------------------------------- the example of docs/migrating.md, every step
+def test_migration_example(make_queues: QueueMaker, tmp_path: Path) -> None:
+    """Steps 1 and 2: the quickstart on pipes, then on RabbitMQ, with Parsl's workers."""
+    queues = make_queues(migration_app.TOPICS, methods=[f.__name__ for f in migration_app.METHODS])
+    thinker = migration_app.main(queues, migration_app.make_config(str(tmp_path / "parsl")))
+    assert not thinker.agent_errors, thinker.agent_errors
+    assert thinker.best_result == thinker.best_guess**2 < 100
+
+
+def test_migration_example_as_services(rabbitmq_url: str, tmp_path: Path) -> None:
+    """Step 3: the same methods and thinker run as the task-server and thinker services."""
+    env = {
+        **os.environ,
+        "COLMENA_BROKER_URL": rabbitmq_url,
+        "COLMENA_CAMPAIGN": f"migration-{uuid.uuid4().hex[:8]}",
+        "COLMENA_LOG_LEVEL": "INFO",
+    }
+    command = [sys.executable, "-m", "colmena_services.cli"]
+    server = subprocess.Popen(
+        [
+            *command,
+            "taskserver",
+            "--methods=migration_app:METHODS",
+            "--parsl-config=migration_app:make_config",
+            f"--health-port={free_port()}",
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        thinker = subprocess.run(
+            [
+                *command,
+                "thinker",
+                "--thinker-factory=migration_app:make_thinker",
+                "--topics=generate,simulate",
+                f"--health-port={free_port()}",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert thinker.returncode == 0, thinker.stderr[-3000:]
+        assert re.search(r"Best guess: \S+, value \S+", thinker.stderr), thinker.stderr[-3000:]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            _, errors = server.communicate(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, errors = server.communicate(timeout=30)
+    assert server.returncode == 0, errors[-3000:]
