@@ -8,7 +8,8 @@ Stages, each including the previous one:
   checks inside them (non-root user, ``import colmena_core``, the quickstart example on a
   read-only root file system);
 - ``infra``: RabbitMQ and Redis from deploy/compose.yaml, healthy, with the generated
-  credentials and the configured consumer timeout, reachable from a service image;
+  credentials and deploy/rabbitmq/rabbitmq.conf's consumer timeout and message size limit,
+  RabbitMQ of the major version compose.yaml ships, reachable from a service image;
 - ``full`` (default): the whole compose stack; one task submitted through the gateway's REST
   API and its result read back; the demo thinker runs its campaign to completion.
 
@@ -21,7 +22,9 @@ What it needs and does on its own:
 - docker, docker-compose (v1) or the compose v2 plugin, dockerd and debootstrap: installed
   with apt-get when missing and running as root on Debian/Ubuntu.
 - Base images without a registry: unless --base-image/--rabbitmq-image/--redis-image name
-  images to use, it makes them from Debian packages (debootstrap, then ``docker import``).
+  images to use, it makes them from Debian packages (debootstrap, then ``docker import``);
+  the RabbitMQ image from Debian trixie's rabbitmq-server 4.x (the root file system of
+  scripts/rabbitmq4-root.sh), so that compose is proven with the major version it ships.
 - Python wheels for an offline image build, made on the host with this interpreter's pip
   (which must be the image's Python version) and copied into deploy/wheelhouse/ for the build.
 
@@ -75,7 +78,17 @@ EXIT_CANNOT_RUN = 3
 # Recipes of the locally made base images. Changing one changes its cache key.
 DEBIAN_SUITE = "bookworm"
 PYTHON_PACKAGES = ("python3", "python3-venv")
-INFRA_PACKAGES = ("rabbitmq-server", "redis-server")
+REDIS_PACKAGES = ("redis-server",)
+# RabbitMQ comes from the root file system of scripts/rabbitmq4-root.sh (Debian trixie's
+# rabbitmq-server 4.x, the major version compose.yaml ships), made once and shared with the
+# test suite's RabbitMQ 4 pass.
+RABBITMQ_ROOT_SCRIPT = REPOSITORY / "scripts" / "rabbitmq4-root.sh"
+RABBITMQ_ROOT_EXCLUDED = (
+    "./tmp/*",  # the test suite's throwaway nodes
+    "./.colmena-*",
+    "./var/lib/rabbitmq/.erlang.cookie",  # every container makes its own
+    "./var/lib/rabbitmq/mnesia/*",
+)
 TRIMMED = (
     "var/cache/apt/archives",
     "var/lib/apt/lists",
@@ -505,8 +518,6 @@ def make_rootfs(name: str, packages: Sequence[str], cache: Path, runner: Runner)
                     shutil.rmtree(entry)
                 else:
                     entry.unlink()
-        # The package's install step made an Erlang cookie: every container must make its own.
-        (target / "var/lib/rabbitmq/.erlang.cookie").unlink(missing_ok=True)
         if "redis-server" in packages:
             data = target / "data"
             data.mkdir(exist_ok=True)
@@ -525,43 +536,79 @@ def make_rootfs(name: str, packages: Sequence[str], cache: Path, runner: Runner)
     return tarball
 
 
+def rabbitmq_rootfs(cache: Path, runner: Runner) -> tuple[Path, str]:
+    """A tarball of the RabbitMQ 4 root file system and its rabbitmq-server version, cached.
+
+    The root itself is made (once) by scripts/rabbitmq4-root.sh.
+    """
+    if not is_root():
+        raise CannotRun("making the RabbitMQ 4 base image needs root (debootstrap)")
+    made = runner.run(["bash", str(RABBITMQ_ROOT_SCRIPT)], capture=True, timeout=1500)
+    root = Path(made.stdout.decode().strip().splitlines()[-1])
+    version = (root / ".colmena-rabbitmq-version").read_text().strip()
+    log(f"RabbitMQ root file system: rabbitmq-server {version}")
+    key = content_key(RECIPE_VERSION, "rabbitmq4", version, TRIMMED, platform.machine())
+    tarball = cache / "rootfs" / f"rabbitmq4-{key}.tar"
+    if tarball.exists():
+        return tarball, version
+    tarball.parent.mkdir(parents=True, exist_ok=True)
+    partial = tarball.with_suffix(".partial")
+    excluded = [*RABBITMQ_ROOT_EXCLUDED, *(f"./{relative}/*" for relative in TRIMMED)]
+    runner.run(
+        [
+            "tar",
+            "--numeric-owner",
+            *(f"--exclude={pattern}" for pattern in excluded),
+            "-C",
+            str(root),
+            "-cf",
+            str(partial),
+            ".",
+        ],
+        quiet=True,
+    )
+    partial.rename(tarball)
+    for stale in tarball.parent.glob("rabbitmq4-*.tar"):
+        if stale != tarball:
+            stale.unlink()
+    return tarball, version
+
+
 def ensure_local_images(cache: Path, runner: Runner) -> dict[str, str]:
     """Base, RabbitMQ and Redis images made from Debian packages; returns role -> image."""
-    recipes = {
+    rabbitmq_tarball, rabbitmq_version = rabbitmq_rootfs(cache, runner)
+    recipes: dict[str, tuple[object, tuple[str, ...]]] = {
         "python": (PYTHON_PACKAGES, PYTHON_IMPORT_CHANGES),
-        "rabbitmq": (INFRA_PACKAGES, RABBITMQ_IMPORT_CHANGES),
-        "redis": (INFRA_PACKAGES, REDIS_IMPORT_CHANGES),
+        "rabbitmq": (("rabbitmq4", rabbitmq_version), RABBITMQ_IMPORT_CHANGES),
+        "redis": (REDIS_PACKAGES, REDIS_IMPORT_CHANGES),
     }
     images: dict[str, str] = {}
-    wanted_rootfs: dict[str, tuple[str, ...]] = {}
-    for role, (packages, changes) in recipes.items():
-        rootfs_name = "python" if packages == PYTHON_PACKAGES else "infra"
-        key = content_key(RECIPE_VERSION, DEBIAN_SUITE, packages, TRIMMED, changes)
-        image = f"colmena-local/{role}:{key}"
-        images[role] = image
-        if (
-            runner.run(
-                ["docker", "image", "inspect", image], check=False, capture=True, quiet=True
-            ).returncode
-            != 0
-        ):
-            wanted_rootfs[rootfs_name] = packages
-    if not wanted_rootfs:
+    missing: list[str] = []
+    for role, (contents, changes) in recipes.items():
+        key = content_key(RECIPE_VERSION, DEBIAN_SUITE, contents, TRIMMED, changes)
+        images[role] = f"colmena-local/{role}:{key}"
+        inspected = runner.run(
+            ["docker", "image", "inspect", images[role]], check=False, capture=True, quiet=True
+        )
+        if inspected.returncode != 0:
+            missing.append(role)
+    if not missing:
         log("local base images: all present in the engine")
         return images
-    # The two debootstraps are independent: run them side by side.
-    tarballs: dict[str, Path] = {}
+    # The debootstraps are independent: run them side by side.
+    tarballs: dict[str, Path] = {"rabbitmq": rabbitmq_tarball}
     errors: list[BaseException] = []
 
-    def build(name: str, packages: tuple[str, ...]) -> None:
+    def build(role: str, packages: tuple[str, ...]) -> None:
         try:
-            tarballs[name] = make_rootfs(name, packages, cache, runner)
+            tarballs[role] = make_rootfs(role, packages, cache, runner)
         except BaseException as error:  # reported below, in the main thread
             errors.append(error)
 
     threads = [
-        threading.Thread(target=build, args=(name, packages), daemon=True)
-        for name, packages in wanted_rootfs.items()
+        threading.Thread(target=build, args=(role, packages), daemon=True)
+        for role, packages in (("python", PYTHON_PACKAGES), ("redis", REDIS_PACKAGES))
+        if role in missing
     ]
     for thread in threads:
         thread.start()
@@ -569,14 +616,11 @@ def ensure_local_images(cache: Path, runner: Runner) -> dict[str, str]:
         thread.join(timeout=runner.remaining())
     if errors:
         raise errors[0]
-    for role, (packages, changes) in recipes.items():
-        rootfs_name = "python" if packages == PYTHON_PACKAGES else "infra"
-        if rootfs_name not in tarballs:
-            continue
+    for role in missing:
         command = ["docker", "import"]
-        for change in changes:
+        for change in recipes[role][1]:
             command += ["--change", change]
-        command += [str(tarballs[rootfs_name]), images[role]]
+        command += [str(tarballs[role]), images[role]]
         runner.run(command, capture=True)
     return images
 
@@ -881,15 +925,25 @@ def check_infra(stack: Stack, runner: Runner, env: Mapping[str, str]) -> None:
     environment = runner.output(
         stack.command("exec", "-T", "rabbitmq", "rabbitmq-diagnostics", "-q", "environment")
     )
-    configured = re.search(r"\{consumer_timeout,\s*(\d+)\}", environment)
-    expected = re.search(
-        r"^consumer_timeout\s*=\s*(\d+)", (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text(), re.M
+    shipped = (DEPLOY / "rabbitmq" / "rabbitmq.conf").read_text()
+    for setting in ("consumer_timeout", "max_message_size"):
+        configured = re.search(rf"\{{{setting},\s*(\d+)\}}", environment)
+        expected = re.search(rf"^{setting}\s*=\s*(\d+)", shipped, re.M)
+        if not configured or not expected or configured.group(1) != expected.group(1):
+            raise SmokeFailure(
+                f"the broker does not run with deploy/rabbitmq/rabbitmq.conf's {setting}"
+            )
+        log(f"rabbitmq: {setting} = {configured.group(1)}")
+    # The broker runs the major version compose.yaml ships (whichever image it came from).
+    version = runner.output(
+        stack.command("exec", "-T", "rabbitmq", "rabbitmq-diagnostics", "-q", "server_version")
     )
-    if not configured or not expected or configured.group(1) != expected.group(1):
+    shipped_image = re.search(r"COLMENA_RABBITMQ_IMAGE:-rabbitmq:(\d+)\.", COMPOSE_FILE.read_text())
+    if not shipped_image or version.split(".")[0] != shipped_image.group(1):
         raise SmokeFailure(
-            "the broker does not run with deploy/rabbitmq/rabbitmq.conf's consumer_timeout"
+            f"the broker runs RabbitMQ {version!r}, not the major version compose.yaml ships"
         )
-    log(f"rabbitmq: consumer_timeout = {configured.group(1)} ms")
+    log(f"rabbitmq: version {version}")
     users = runner.output(
         stack.command("exec", "-T", "rabbitmq", "rabbitmqctl", "-q", "list_users")
     )

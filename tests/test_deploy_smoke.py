@@ -1,7 +1,8 @@
 """Deployment smoke test: real containers, from the images' build to a task's result.
 
 Runs deploy/smoke.py (see its docstring): it starts a container engine when none runs, makes
-base images from Debian packages when no registry can be reached, builds the three service
+base images from Debian packages when no registry can be reached (RabbitMQ 4 from Debian
+trixie's packages, the major version compose ships), builds the three service
 images offline, brings deploy/compose.yaml up, submits one task through the gateway, waits
 for the demo campaign to complete and removes everything it created. A few minutes the first
 time on a machine, about one and a half after that (its cache is ~/.cache/colmena-deploy).
