@@ -26,7 +26,7 @@ const $ = (id) => document.getElementById(id);
 // ------------------------------------------------------------------------------ helpers
 class ApiError extends Error {
   constructor(status, detail) {
-    super(`${status}: ${detail}`);
+    super(status ? `${status}: ${detail}` : detail);
     this.status = status;
     this.detail = detail;
   }
@@ -208,6 +208,7 @@ function applyStatus(status) {
   $("capacity").textContent = capacity ? `of ${capacity} workers` : "";
   $("queued").textContent = sum(status.tasks_queued);
   $("waiting").textContent = sum(status.results_waiting);
+  $("waiting-for").textContent = `for client ${status.client}`;
   $("dead").textContent = status.dead_letters;
   $("dead-tile").classList.toggle("alarm", status.dead_letters > 0);
   const body = $("servers").querySelector("tbody");
@@ -565,7 +566,7 @@ async function submit(event) {
 function applyTheme(theme) {
   if (theme === "light" || theme === "dark") document.documentElement.dataset.theme = theme;
   else delete document.documentElement.dataset.theme;
-  $("theme").textContent = theme === "light" || theme === "dark" ? theme : "auto";
+  $("theme").textContent = `Theme: ${theme === "light" || theme === "dark" ? theme : "auto"}`;
   drawCharts();
 }
 
