@@ -13,13 +13,13 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from colmena_core.models import ExecutableTask, Result
+from colmena_core.models import ExecutableTask, ResourceRequirements, Result
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server.base import BaseTaskServer
 from colmena_core.testing.task_servers import kill_if_running
@@ -56,6 +56,17 @@ def fails_first_time(counter: str) -> int:
     if calls == 1:
         raise RuntimeError("first call fails")
     return calls
+
+
+def countdown(n: int) -> Generator[int, None, int]:
+    """A generator method: yields n, n-1, ..., 1 and returns how many it yielded."""
+    yield from range(n, 0, -1)
+    return n
+
+
+def allocation(_resources: ResourceRequirements) -> tuple[int, int]:
+    """The nodes and ranks a task asked for (functions that declare ``_resources`` get them)."""
+    return _resources.node_count, _resources.total_ranks
 
 
 def blocks_until_released(value: int) -> int:

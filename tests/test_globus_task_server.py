@@ -1,27 +1,35 @@
-"""The Globus Compute task server, with a local stand-in for the SDK's executor.
+"""The Globus Compute task server, on a local stand-in for the Globus Compute cloud service.
 
-The cloud service is not reachable from tests, so the executor factory makes a thread pool
-that records, in a file, which endpoint each task was sent to. The task server runs in its
-own process as usual; the file is how the test sees inside it.
+The cloud service is not reachable from tests, so a stand-in for the SDK's module
+(``globus_compute_sdk``: ``Client`` and ``Executor``) is installed: the client keeps the
+functions registered with it, and each executor runs the tasks submitted to a registered
+function in a local thread pool, recording in a file which endpoint each went to. The
+task server runs in its own process as usual (forked, so it inherits the stand-in); the
+file is how the test sees inside it.
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import types
+import uuid
+from collections.abc import Callable, Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from task_server_support import WAIT, assert_python_runs
+from task_server_support import WAIT, Ranks, assert_python_runs, fake_mpi_launch
 
+from colmena_core.models import ResourceRequirements
 from colmena_core.models.execution import WorkerTask
+from colmena_core.models.methods import PythonGeneratorMethod
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import FuncXTaskServer, GlobusComputeTaskServer
-from colmena_core.task_server.base import execute_packed_task
+from colmena_core.task_server.globus import RegisteredMethod
 from colmena_core.testing.task_servers import running_task_server
 
 CPU_ENDPOINT = "6e9a4f1c-0000-4000-8000-00000000c9c0"
@@ -40,62 +48,105 @@ def fail() -> None:
     raise ValueError("endpoint-side failure")
 
 
-class RecordingExecutor(ThreadPoolExecutor):
-    """Stands in for ``globus_compute_sdk.Executor``: runs tasks locally and logs them."""
-
-    def __init__(self, endpoint_id: str, log: Path) -> None:
-        super().__init__(max_workers=2)
-        self.endpoint_id = endpoint_id
-        self.log = log
-        self._write(f"open {endpoint_id}")
-
-    def _write(self, line: str) -> None:
-        with self.log.open("a") as stream:
-            stream.write(line + "\n")
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        function, task = args
-        assert fn is execute_packed_task
-        assert isinstance(WorkerTask.unpack(task), WorkerTask)  # a compact payload, not a Result
-        self._write(f"submit {self.endpoint_id} {function.__name__}")
-        return super().submit(fn, *args, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        super().shutdown(wait=wait, cancel_futures=cancel_futures)
-        self._write(f"shutdown {self.endpoint_id}")
+def allocation(_resources: ResourceRequirements) -> tuple[int, int]:
+    return _resources.node_count, _resources.total_ranks
 
 
-class RecordingFactory:
-    """Picklable executor factory; runs in the task server process."""
+def steps(n: int) -> Generator[int, None, int]:
+    yield from (i * i for i in range(n))
+    return n
+
+
+# ------------------------------------------------------------ the cloud service stand-in
+class FakeClient:
+    """Stands in for ``globus_compute_sdk.Client``: keeps registered functions (pickled)."""
 
     def __init__(self, log: Path) -> None:
         self.log = log
+        self.functions: dict[str, bytes] = {}
 
-    def __call__(self, endpoint_id: str) -> RecordingExecutor:
-        return RecordingExecutor(endpoint_id, self.log)
+    def register_function(self, function: Callable[..., Any]) -> str:
+        function_id = str(uuid.uuid4())
+        self.functions[function_id] = pickle.dumps(function)  # the service stores a copy
+        _write(self.log, f"register {function.__name__} {function_id}")
+        return function_id
+
+
+class FakeExecutor:
+    """Stands in for ``globus_compute_sdk.Executor``: runs registered functions locally."""
+
+    def __init__(self, endpoint_id: str, client: FakeClient, batch_size: int = 128) -> None:
+        self.endpoint_id = endpoint_id
+        self.client = client
+        self.pool = ThreadPoolExecutor(max_workers=2)
+        _write(client.log, f"open {endpoint_id} {batch_size}")
+
+    def submit_to_registered_function(
+        self,
+        function_id: str,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+    ) -> Future[Any]:
+        function = pickle.loads(self.client.functions[function_id])  # as an endpoint would
+        packed = (kwargs or {})["task"]
+        assert isinstance(WorkerTask.unpack(packed), WorkerTask)  # compact, not a Result
+        _write(self.client.log, f"submit {self.endpoint_id} {function.__name__}")
+        return self.pool.submit(function, *(args or ()), **(kwargs or {}))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        _write(self.client.log, f"shutdown {self.endpoint_id}")
+
+
+def _write(log: Path, line: str) -> None:
+    with log.open("a") as stream:
+        stream.write(line + "\n")
+
+
+@pytest.fixture
+def cloud(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeClient:
+    """A client of the stand-in service, whose SDK module replaces the real one."""
+    sdk = types.ModuleType("globus_compute_sdk")
+    sdk.Client = FakeClient  # type: ignore[attr-defined]
+    sdk.Executor = FakeExecutor  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "globus_compute_sdk", sdk)
+    return FakeClient(tmp_path / "cloud.log")
 
 
 @contextmanager
 def running_server(
     methods: Mapping[Callable[..., Any], str],
-    log: Path,
+    client: FakeClient,
     server_class: type[GlobusComputeTaskServer] = GlobusComputeTaskServer,
+    queues: PipeQueues | None = None,
 ) -> Iterator[PipeQueues]:
     """Start a task server; on exit, stop it and check that it exited cleanly."""
-    queues = PipeQueues()
-    server = server_class(methods, None, queues, executor_factory=RecordingFactory(log))
+    queues = queues or PipeQueues()
+    server = server_class(methods, client, queues)
     with running_task_server(server, queues, timeout=WAIT):
         yield queues
 
 
-def test_tasks_run_on_the_endpoint_of_their_function(tmp_path: Path) -> None:
-    log = tmp_path / "executors.log"
+def log_lines(client: FakeClient, kind: str) -> list[list[str]]:
+    return [
+        line.split()[1:] for line in client.log.read_text().splitlines() if line.startswith(kind)
+    ]
+
+
+def test_methods_are_registered_and_tasks_run_on_their_endpoint(cloud: FakeClient) -> None:
     methods: dict[Callable[..., Any], str] = {
         simulate: CPU_ENDPOINT,
         train: GPU_ENDPOINT,
         fail: CPU_ENDPOINT,
     }
-    with running_server(methods, log) as queues:
+    server_queues = PipeQueues()
+    server = GlobusComputeTaskServer(methods, cloud, server_queues, batch_size=16)
+    # Registered when created, in the user's process, as the documentation says
+    registered = {name: function_id for name, function_id in log_lines(cloud, "register")}
+    assert sorted(registered) == ["fail", "simulate", "train"]
+    assert {n: f for n, (f, _) in server.registered_funcs.items()} == registered
+
+    with running_server(methods, cloud, queues=server_queues) as queues:
         sent = {
             queues.send_inputs(1, method="simulate"): "simulate",
             queues.send_inputs(2, method="train"): "train",
@@ -112,30 +163,66 @@ def test_tasks_run_on_the_endpoint_of_their_function(tmp_path: Path) -> None:
     assert failed is not None and failed.success is False and failed.failure_info is not None
     assert "endpoint-side failure" in failed.failure_info.exception
 
-    lines = log.read_text().splitlines()
-    opened = sorted(line.split()[1] for line in lines if line.startswith("open"))
+    opened = sorted(endpoint for endpoint, _ in log_lines(cloud, "open"))
     assert opened == sorted([CPU_ENDPOINT, GPU_ENDPOINT])  # one executor per endpoint
-    submissions = [line.split()[1:] for line in lines if line.startswith("submit")]
+    submissions = log_lines(cloud, "submit")
     expected = {"simulate": CPU_ENDPOINT, "train": GPU_ENDPOINT, "fail": CPU_ENDPOINT}
     assert sorted(name for _, name in submissions) == ["fail", "simulate", "simulate", "train"]
     for endpoint, name in submissions:
         assert endpoint == expected[name]
-    shut_down = sorted(line.split()[1] for line in lines if line.startswith("shutdown"))
+    shut_down = sorted(endpoint for (endpoint,) in log_lines(cloud, "shutdown"))
     assert shut_down == opened
 
 
-def test_funcx_name_keeps_the_original_signature(tmp_path: Path) -> None:
-    log = tmp_path / "executors.log"
-    with running_server({simulate: CPU_ENDPOINT}, log, FuncXTaskServer) as queues:
+def test_funcx_name_keeps_the_original_signature(cloud: FakeClient) -> None:
+    with running_server({simulate: CPU_ENDPOINT}, cloud, FuncXTaskServer) as queues:
         queues.send_inputs(41)
         result = queues.get_result(timeout=WAIT)
     assert result is not None and result.value == 42
     funcx = importlib.import_module("colmena_core.task_server.funcx")
     assert funcx.FuncXTaskServer is FuncXTaskServer
-    server = FuncXTaskServer(
-        {simulate: CPU_ENDPOINT}, None, PipeQueues(), 5, 16, executor_factory=RecordingFactory(log)
-    )
+    server = FuncXTaskServer({simulate: CPU_ENDPOINT}, cloud, PipeQueues(), 5, 16)
     assert (server.timeout, server.batch_size) == (5, 16)
+
+
+def test_functions_get_the_resources_the_task_asks_for(cloud: FakeClient, tmp_path: Path) -> None:
+    template, launcher_log = fake_mpi_launch(tmp_path, "-n {total_ranks} -N {node_count}")
+    methods: dict[Callable[..., Any], str] = {
+        allocation: CPU_ENDPOINT,
+        Ranks(template): GPU_ENDPOINT,
+    }
+    with running_server(methods, cloud) as queues:
+        queues.send_inputs(method="allocation", resources={"node_count": 2, "cpu_processes": 4})
+        allocated = queues.get_result(timeout=WAIT)
+        queues.send_inputs(method="ranks", resources={"node_count": 3, "cpu_processes": 2})
+        launched = queues.get_result(timeout=WAIT)
+    assert allocated is not None and allocated.value == (2, 8)
+    assert launched is not None and launched.success, launched and launched.failure_info
+    assert launched.value == "done"
+    assert launcher_log.read_text().splitlines()[:4] == ["-n", "6", "-N", "3"]  # 3 nodes x 2
+
+
+def test_generator_streams_intermediate_results_from_the_endpoint(cloud: FakeClient) -> None:
+    queues = PipeQueues()
+    method = PythonGeneratorMethod(steps, store_return_value=True, streaming_queue=queues)
+    with running_server({method: CPU_ENDPOINT}, cloud, queues=queues):
+        task_id = queues.send_inputs(4, method="steps")
+        received = [queues.get_result(timeout=WAIT) for _ in range(5)]
+    assert all(r is not None and r.task_id == task_id for r in received)
+    assert [r.complete for r in received if r] == [False] * 4 + [True]
+    assert [r.value for r in received if r] == [0, 1, 4, 9, 4]
+
+
+def test_registered_method_runs_a_packed_task() -> None:
+    registered = RegisteredMethod(simulate, "simulate")
+    assert registered.__name__ == "simulate"
+    copy = pickle.loads(pickle.dumps(registered))
+    from colmena_core.models import Result
+    from colmena_core.models.execution import WorkerOutcome
+
+    request = Result(((1,), {}), serialization_method="pickle")
+    outcome = WorkerOutcome.unpack(copy(task=request.to_worker_task().pack()))
+    assert outcome.failure is None and pickle.loads(outcome.value or b"") == 2
 
 
 def test_missing_sdk_gives_a_clear_import_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,10 +231,6 @@ def test_missing_sdk_gives_a_clear_import_error(monkeypatch: pytest.MonkeyPatch)
         GlobusComputeTaskServer({simulate: CPU_ENDPOINT}, None, PipeQueues())
     with pytest.raises(ImportError, match=r"pip install colmena-core\[globus\]"):
         FuncXTaskServer({simulate: CPU_ENDPOINT}, None, PipeQueues())
-    # An injected executor needs no SDK
-    GlobusComputeTaskServer(
-        {simulate: CPU_ENDPOINT}, None, PipeQueues(), executor_factory=RecordingFactory(Path("x"))
-    )
 
 
 def test_modules_import_without_the_sdk() -> None:
@@ -160,12 +243,9 @@ def test_modules_import_without_the_sdk() -> None:
     assert_python_runs(code)
 
 
-def test_duplicate_method_names_are_rejected() -> None:
+def test_duplicate_method_names_are_rejected(cloud: FakeClient) -> None:
     other_simulate = type("Sim", (), {"__name__": "simulate", "__call__": lambda self: None})()
     with pytest.raises(ValueError, match="share the name"):
         GlobusComputeTaskServer(
-            {simulate: CPU_ENDPOINT, other_simulate: GPU_ENDPOINT},
-            None,
-            PipeQueues(),
-            executor_factory=RecordingFactory(Path("x")),
+            {simulate: CPU_ENDPOINT, other_simulate: GPU_ENDPOINT}, cloud, PipeQueues()
         )

@@ -21,6 +21,7 @@ from task_server_support import (
     unpicklable,
 )
 
+from colmena_core.models.methods import PythonMethod
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server import LocalTaskServer
 from colmena_core.testing.task_servers import running_task_server
@@ -93,6 +94,26 @@ def test_constructor_checks() -> None:
         LocalTaskServer([square, square], PipeQueues())
     with pytest.raises(ValueError, match="pool"):
         LocalTaskServer([square], PipeQueues(), pool="gpu")  # type: ignore[arg-type]
+
+
+def test_colmena_07_signature() -> None:
+    queues = PipeQueues()
+    server = LocalTaskServer(queues, [square, PythonMethod(square, name="sq")])
+    assert server.threads and server.pool == "thread" and server.queues is queues
+    assert sorted(server.method_names) == ["sq", "square"]
+    assert LocalTaskServer(queues, [square], False, 3).pool == "process"
+    assert LocalTaskServer(queues, [square], threads=False, num_workers=3).num_workers == 3
+    # The earlier order still works: methods first, processes by default
+    earlier = LocalTaskServer([square], queues, 2)
+    assert (earlier.pool, earlier.num_workers) == ("process", 2)
+    with pytest.raises(ValueError, match="contradicts"):
+        LocalTaskServer(queues, [square], threads=True, pool="process")
+    with pytest.raises(TypeError, match="queues"):
+        LocalTaskServer([square], [square])  # type: ignore[arg-type]
+    with running_task_server(
+        LocalTaskServer(queues, [square], num_workers=1), queues, timeout=WAIT
+    ):
+        assert run(queues, 4, method="square").value == 16
 
 
 def test_kill_signal_lets_in_flight_tasks_finish() -> None:

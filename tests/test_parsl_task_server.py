@@ -27,10 +27,12 @@ from task_server_support import (
     WAIT,
     Crasher,
     Ranks,
+    allocation,
     assert_python_runs,
     assert_timings_ordered,
     blocks_until_released,
     check_kill_signal_lets_in_flight_tasks_finish,
+    countdown,
     fail,
     fails_first_time,
     fake_mpi_launch,
@@ -41,6 +43,7 @@ from task_server_support import (
 )
 
 from colmena_core.models import ExecutableTask, Result
+from colmena_core.models.methods import ExecutableMethod, PythonGeneratorMethod, PythonMethod
 from colmena_core.queue import PipeQueues
 from colmena_core.task_server.parsl import MethodSpec, ParslTaskServer
 from colmena_core.testing.task_servers import running_task_server
@@ -99,10 +102,10 @@ def thread_config(run_dir: Path, labels: Sequence[str] = ("threads",)) -> Config
 
 @contextmanager
 def running_server(
-    methods: Sequence[MethodSpec], config: Config, **options: Any
+    methods: Sequence[MethodSpec], config: Config, queues: PipeQueues | None = None, **options: Any
 ) -> Iterator[tuple[PipeQueues, ParslTaskServer]]:
     """Start a task server; on exit, stop it and check that it exited cleanly."""
-    queues = PipeQueues()
+    queues = queues or PipeQueues()
     server = ParslTaskServer(methods, queues, config, **options)
     with running_task_server(server, queues, timeout=WAIT):
         yield queues, server
@@ -274,6 +277,36 @@ def test_mpi_launch_rendered_from_resources(tmp_path: Path, run_dirs: Path) -> N
     assert log.read_text().splitlines() == ["-n", "6", "--nodes", "2", "/bin/sh", "-c", "echo done"]
 
 
+class Greeter(ExecutableMethod):
+    """Colmena 0.7's spelling of an executable task, named after its executable."""
+
+    def __init__(self) -> None:
+        super().__init__(["echo", "hello"])
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        return [str(args[0])], None
+
+    def postprocess(self, run_dir: Path) -> str:
+        return (run_dir / "colmena.stdout").read_text().strip()
+
+
+def test_colmena_07_methods(tmp_path: Path, run_dirs: Path) -> None:
+    methods: list[MethodSpec] = [
+        Greeter(),
+        (PythonMethod(square, name="sq"), {"executors": ["threads"]}),
+        countdown,  # a plain generator function: its value is the list of its yields
+    ]
+    with running_server(methods, thread_config(tmp_path)) as (queues, _):
+        greeted = run(queues, "world", method="echo")
+        squared = run(queues, 7, method="sq")
+        listed = run(queues, 3, method="countdown")
+    assert greeted.success and greeted.value == "hello world"
+    assert {"exec_preprocess", "exec_execution", "exec_postprocess"} <= set(greeted.time.additional)
+    assert squared.value == 49 and listed.value == [3, 2, 1]
+
+
 def test_executable_task_pickles(tmp_path: Path) -> None:
     # Tasks travel to HTEX workers by pickle: an ExecutableTask must survive it
     task = pickle.loads(pickle.dumps(Doubler()))
@@ -319,6 +352,7 @@ def test_high_throughput_executor_end_to_end(
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
 
     counter = tmp_path / "calls"
+    queues = PipeQueues()
     methods: list[Callable[..., Any] | ExecutableTask] = [
         square,
         process_id,
@@ -327,8 +361,14 @@ def test_high_throughput_executor_end_to_end(
         fails_first_time,
         Doubler(),
         Crasher(),
+        allocation,
+        PythonGeneratorMethod(countdown, store_return_value=True, streaming_queue=queues),
     ]
-    with running_server(methods, htex_config(tmp_path)) as (queues, server):
+    with running_server(methods, htex_config(tmp_path), queues) as (queues, server):
+        # A generator streams its yields from the worker before its task ends
+        stream_id = queues.send_inputs(3, method="countdown")
+        streamed = [queues.get_result(timeout=WAIT) for _ in range(4)]
+        queues.send_inputs(method="allocation", resources={"node_count": 2, "cpu_processes": 8})
         queues.send_inputs(6, method="square")
         queues.send_inputs(method="process_id")
         queues.send_inputs("bad", method="fail")
@@ -337,13 +377,26 @@ def test_high_throughput_executor_end_to_end(
         queues.send_inputs(5, method="doubler", input_kwargs={"scale": 3})
         queues.send_inputs(method="crasher")
         results: dict[str, Result] = {}
-        for _ in range(7):
+        for _ in range(8):
             result = queues.get_result(timeout=WAIT)
             assert result is not None
             results[str(result.method)] = result
 
+    assert [(r.value, r.complete, r.task_id) for r in streamed if r] == [
+        (3, False, stream_id),
+        (2, False, stream_id),
+        (1, False, stream_id),
+        (3, True, stream_id),
+    ]
+    assert results["allocation"].value == (2, 16)
     assert results["square"].value == 36
     assert_timings_ordered(results["square"])
+    worker_info = results["square"].worker_info
+    assert worker_info is not None and worker_info.model_dump().keys() >= {
+        "hostname",
+        "PARSL_WORKER_RANK",
+        "PARSL_WORKER_POOL_ID",
+    }
     worker_pid = results["process_id"].value
     assert isinstance(worker_pid, int) and worker_pid not in (os.getpid(), server.pid)
     assert (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import uuid
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from proxystore.connectors.file import FileConnector
 from proxystore.proxy import Proxy
 from proxystore.store import Store, unregister_store
 
-from colmena_core.models import Result
+from colmena_core.models import ResourceRequirements, Result
 from colmena_core.models.execution import WorkerTask
 from colmena_core.task_server.base import execute_task, run_and_record_timing
 
@@ -140,3 +141,43 @@ def test_message_size_of_inputs_is_the_clients_even_when_inputs_are_dropped() ->
     result = run_and_record_timing(len, decode_result(encode_result(task)))
     returned = decode_result(encode_result(result))
     assert returned.message_sizes["inputs"] == sent_size > 5000
+
+
+def ranks(_resources: ResourceRequirements) -> int:
+    return _resources.total_ranks
+
+
+def describe(x: int, *, _result: Result, **kwargs: Any) -> str:
+    return f"{_result.method} {_result.task_info['tag']} {x} {kwargs}"
+
+
+def test_functions_that_declare_resources_get_those_of_the_task() -> None:
+    task = request()
+    task.resources = ResourceRequirements(node_count=3, cpu_processes=4)
+    result = run_and_record_timing(ranks, task)
+    result.deserialize()
+    assert result.success and result.value == 12
+    # Functions that do not declare it never see it, even with **kwargs
+    kwargs_only = run_and_record_timing(lambda **k: sorted(k), request(a=1))
+    kwargs_only.deserialize()
+    assert kwargs_only.value == ["a"]
+
+
+def test_functions_that_declare_result_get_the_task_record() -> None:
+    task = Result(((5,), {"z": 1}), method="describe", task_info={"tag": "t1"})
+    task.serialize()
+    outcome = execute_task(describe, task.to_worker_task(request=True))
+    assert outcome.failure is None
+    assert json.loads(outcome.value or "") == "describe t1 5 {'z': 1}"
+
+
+def test_parsl_worker_rank_and_pool_reach_worker_info(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARSL_WORKER_RANK", "3")
+    monkeypatch.setenv("PARSL_WORKER_POOL_ID", "pool-7")
+    result = run_and_record_timing(add, request(1))
+    assert result.worker_info is not None
+    assert result.worker_info.model_dump() == {
+        "hostname": result.worker_info.hostname,
+        "PARSL_WORKER_RANK": "3",
+        "PARSL_WORKER_POOL_ID": "pool-7",
+    }

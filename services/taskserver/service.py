@@ -93,7 +93,7 @@ class TaskServerService:
             from colmena_core.task_server.local import LocalTaskServer
 
             self.server = LocalTaskServer(
-                methods, self.queues, settings.workers, max_retries=settings.max_retries
+                methods, self.queues, num_workers=settings.workers, max_retries=settings.max_retries
             )
         else:
             from colmena_core.task_server.parsl import ParslTaskServer

@@ -30,6 +30,12 @@ class WorkerTask:
     """How ``inputs`` were serialized, and how to serialize the value"""
     value_store: tuple[str, int, dict[str, Any] | None] | None = None
     """ProxyStore name, threshold and configuration for a large value, if any"""
+    resources: tuple[int, int, int] | None = None
+    """Node count, processes per node and threads per process the task asked for"""
+    request: bytes | None = None
+    """The JSON header of the request, for methods that take the task record (``_result``)"""
+    stream_to: tuple[Any, bytes] | None = None
+    """Address and key of the task server's relay of intermediate results, if it has one"""
 
     def pack(self) -> bytes:
         """The task as one bytes object."""
@@ -59,6 +65,8 @@ class WorkerOutcome:
     time_deserialize_inputs: float | None = None
     time_serialize_results: float | None = None
     time_async_resolve_proxies: float | None = None
+    worker_info: dict[str, Any] = field(default_factory=dict)
+    """More about the worker than its host name (e.g. Parsl's worker rank and pool)"""
     proxy_timing: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def pack(self) -> bytes:

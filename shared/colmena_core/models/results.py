@@ -536,8 +536,15 @@ class Result(BaseModel):
         return perf_counter() - start, proxies
 
     # -------------------------------------------------------------- execution
-    def to_worker_task(self) -> WorkerTask:
-        """What a worker needs to run this task (inputs serialized first if needed)."""
+    def to_worker_task(
+        self, request: bool = False, stream_to: tuple[Any, bytes] | None = None
+    ) -> WorkerTask:
+        """What a worker needs to run this task (inputs serialized first if needed).
+
+        Args:
+            request: Include the task's metadata, for methods that take the task record
+            stream_to: Where the worker sends intermediate results (a task server's relay)
+        """
         if not self._inputs_serialized:
             self.time_serialize_inputs, _ = self.serialize()
         assert isinstance(self.inputs, str | bytes)
@@ -548,7 +555,17 @@ class Result(BaseModel):
             and self.serialization_method is SerializationMethod.PICKLE
         ):
             store = (self.proxystore_name, self.proxystore_threshold, self.proxystore_config)
-        return WorkerTask(self.inputs, self.serialization_method.value, store)
+        resources = self.resources
+        return WorkerTask(
+            self.inputs,
+            self.serialization_method.value,
+            store,
+            (resources.node_count, resources.cpu_processes, resources.cpu_threads),
+            self.model_dump_json(exclude={"inputs", "value"}, exclude_none=True).encode()
+            if request
+            else None,
+            stream_to,
+        )
 
     def apply_outcome(self, outcome: WorkerOutcome) -> None:
         """Record what a worker reported: value or failure, timings, worker information."""
@@ -559,7 +576,7 @@ class Result(BaseModel):
         self.time_serialize_results = outcome.time_serialize_results
         self.time_async_resolve_proxies = outcome.time_async_resolve_proxies
         self.proxy_timing.update(outcome.proxy_timing)
-        self.worker_info = WorkerInformation(hostname=outcome.hostname)
+        self.worker_info = WorkerInformation(hostname=outcome.hostname, **outcome.worker_info)
         self.value = outcome.value
         self._value_serialized = outcome.value is not None
         if outcome.value is not None:

@@ -322,7 +322,10 @@ class ColmenaQueues(ABC):
         return result.task_id
 
     def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
-        """Get a completed result.
+        """Get a result: the outcome of a task, or an intermediate result of a running one.
+
+        Intermediate results (``complete`` false) come before the final result of their
+        task; only the final one counts the task as done.
 
         Args:
             topic: Which topic of task to wait for
@@ -343,12 +346,15 @@ class ColmenaQueues(ABC):
             except MessageDecodeError as exc:
                 logger.warning("Dropped a result message on topic %s: %s", topic, exc)
                 continue
-            if not self._mark_received(result.task_id):
+            # An intermediate result: its task still runs, and more results will follow
+            intermediate = result.complete is False
+            if not intermediate and not self._mark_received(result.task_id):
                 logger.info("Dropped a duplicate delivery of the result of task %s", result.task_id)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutException(f"No new result on topic {topic!r} within {timeout} s")
                 continue
-            self._release_input_proxies(result)
+            if not intermediate:
+                self._release_input_proxies(result)
             result.time_deserialize_results = result.deserialize()
             result.mark_result_received()
             logger.info("Client received a %s result with topic %s", result.method, topic)

@@ -9,27 +9,50 @@ the kill signal after its in-flight tasks finish. Engines live in the sibling mo
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from functools import partial
+from inspect import isgeneratorfunction
 from multiprocessing import Process
+from multiprocessing.connection import Client, Connection, Listener
 from time import perf_counter
 from typing import Any
 
 from colmena_core.exceptions import KillSignalException, TimeoutException
-from colmena_core.models import FailureInformation, Result, SerializationMethod
+from colmena_core.models import (
+    FailureInformation,
+    ResourceRequirements,
+    Result,
+    SerializationMethod,
+)
 from colmena_core.models.execution import WorkerOutcome, WorkerTask
-from colmena_core.models.results import MAX_RETRIES, resolve_store, serialize_value
+from colmena_core.models.methods import (
+    ColmenaMethod,
+    PythonGeneratorMethod,
+    PythonMethod,
+    accepts_parameter,
+    current_sink,
+)
+from colmena_core.models.results import (
+    MAX_RETRIES,
+    WorkerInformation,
+    resolve_store,
+    serialize_value,
+)
+from colmena_core.models.wire import decode_result, encode_result
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 
 __all__ = [
     "BaseTaskServer",
     "FutureBasedTaskServer",
+    "convert_to_colmena_method",
     "execute_packed_task",
     "execute_task",
     "run_and_record_timing",
@@ -216,10 +239,55 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
         outcome (bytes).
         """
 
+    relay_host: str = "127.0.0.1"
+    """Address on which the task server takes intermediate results from its workers.
+
+    Workers of methods that stream connect to it; set a routable address of this host when
+    they run elsewhere.
+    """
+
     def _setup(self) -> None:
         super()._setup()
         self._in_flight: set[Future[Any]] = set()
         self._in_flight_changed = threading.Condition()
+        self._method_needs: dict[str, tuple[bool, bool]] = {}
+        self._relay: ResultRelay | None = None
+        self._relay_lock = threading.Lock()
+
+    def worker_task(self, task: Result, function: Callable[..., Any]) -> WorkerTask:
+        """What a worker needs to run ``task`` with ``function``.
+
+        Methods that take the task record get its metadata; methods that stream get the
+        address of this server's relay of intermediate results.
+        """
+        assert task.method is not None
+        needs = self._method_needs.get(task.method)
+        if needs is None:
+            if isinstance(function, ColmenaMethod):
+                needs = (function.accepts("_result"), function.streams)
+            else:
+                needs = (accepts_parameter(function, "_result"), False)
+            self._method_needs[task.method] = needs
+        request, streams = needs
+        return task.to_worker_task(
+            request=request, stream_to=self._relay_address() if streams else None
+        )
+
+    def _relay_address(self) -> tuple[Any, bytes]:
+        with self._relay_lock:
+            if self._relay is None:
+                self._relay = ResultRelay(self.send_intermediate, self.relay_host)
+            return self._relay.address, self._relay.key
+
+    def send_intermediate(self, result: Result) -> None:
+        """Send an intermediate result of a running task to its client."""
+        self.queues.send_result(result)
+
+    def _cleanup(self) -> None:
+        relay, self._relay = getattr(self, "_relay", None), None
+        if relay is not None:
+            relay.close()
+        super()._cleanup()
 
     @property
     def in_flight(self) -> int:
@@ -289,12 +357,181 @@ class FutureBasedTaskServer(BaseTaskServer, ABC):
             self._in_flight_changed.wait_for(lambda: not self._in_flight)
 
 
+def convert_to_colmena_method(function: Callable[..., Any] | ColmenaMethod) -> ColmenaMethod:
+    """Wrap a function in the method class that runs it, as Colmena 0.7 does.
+
+    Methods stay as they are; generator functions become :class:`PythonGeneratorMethod`
+    (their value is the list of their yields); other callables :class:`PythonMethod`.
+    """
+    if isinstance(function, ColmenaMethod):
+        return function
+    if not callable(function):
+        raise TypeError(f"Methods must be callable, not {type(function).__name__}")
+    if isgeneratorfunction(function):
+        return PythonGeneratorMethod(function)
+    return PythonMethod(function)
+
+
+def as_served(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The form in which a task server runs a method.
+
+    Plain functions and :class:`~colmena_core.models.ExecutableTask` objects are run as
+    they are (cheapest to ship to workers); generator functions are wrapped as Colmena 0.7
+    does (see :func:`convert_to_colmena_method`).
+    """
+    if not isinstance(function, ColmenaMethod) and isgeneratorfunction(function):
+        return convert_to_colmena_method(function)
+    return function
+
+
+class ResultRelay:
+    """Takes intermediate results from workers and hands them to the task server.
+
+    A listener on ``host`` (a random port, a random key): a worker connects once per task,
+    sends each encoded result and waits for the acknowledgement, which comes after
+    ``deliver`` returned. The final result of a task therefore leaves after its
+    intermediate ones.
+    """
+
+    def __init__(self, deliver: Callable[[Result], None], host: str = "127.0.0.1") -> None:
+        self.key = os.urandom(32)
+        self._deliver = deliver
+        self._listener = Listener((host, 0), authkey=self.key)
+        self.address: Any = self._listener.address
+        self._closed = threading.Event()
+        threading.Thread(target=self._accept, name="colmena-result-relay", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                connection = self._listener.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                logger.warning("A worker could not connect to the result relay", exc_info=True)
+                continue
+            threading.Thread(
+                target=self._serve, args=(connection,), name="colmena-relay-worker", daemon=True
+            ).start()
+
+    def _serve(self, connection: Connection) -> None:
+        with connection:
+            while True:
+                try:
+                    message = connection.recv_bytes()
+                except (EOFError, OSError):
+                    return
+                try:
+                    self._deliver(decode_result(message))
+                except Exception:
+                    logger.exception("Could not send an intermediate result")
+                try:
+                    connection.send_bytes(b"")
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        """Stop taking connections."""
+        self._closed.set()
+        self._listener.close()
+
+
+class _RelaySink:
+    """Sends the intermediate results of one task to its task server's relay."""
+
+    def __init__(self, task: WorkerTask, outcome: WorkerOutcome) -> None:
+        assert task.stream_to is not None
+        self._address, self._key = task.stream_to
+        self._inputs = task.inputs
+        self._outcome = outcome
+        self._connection: Connection | None = None
+
+    def __call__(self, update: Result) -> None:
+        update.time_compute_started = self._outcome.time_compute_started
+        update.worker_info = WorkerInformation(
+            hostname=self._outcome.hostname, **self._outcome.worker_info
+        )
+        if update.keep_inputs:
+            update.inputs = self._inputs
+            update.mark_serialized(inputs=True, value=update.value_serialized)
+        else:
+            update.inputs = ((), {})
+            update.mark_serialized(inputs=False, value=update.value_serialized)
+        update.time_serialize_results, _ = update.serialize()
+        message = encode_result(update)
+        if self._connection is None:
+            self._connection = Client(self._address, authkey=self._key)
+        self._connection.send_bytes(message)
+        self._connection.recv_bytes()  # sent on by the task server
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+
+@contextmanager
+def _streaming(task: WorkerTask, outcome: WorkerOutcome) -> Iterator[None]:
+    """Send the intermediate results of the task that runs inside to its task server."""
+    if task.stream_to is None:
+        yield
+        return
+    sink = _RelaySink(task, outcome)
+    token = current_sink().set(sink)
+    try:
+        yield
+    finally:
+        current_sink().reset(token)
+        sink.close()
+
+
+def _extra_arguments(
+    func: Callable[..., Any], task: WorkerTask, kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``_resources`` and ``_result`` arguments ``func`` declares, as Colmena 0.7 gives them."""
+    accepts: Callable[[str], bool]
+    if isinstance(func, ColmenaMethod):
+        accepts = func.accepts
+    else:
+        accepts = partial(accepts_parameter, func)
+    extra: dict[str, Any] = {}
+    for name in ("_resources", "_result"):
+        if name in kwargs:
+            logger.warning("The task passes %s itself: it is given to the function as is", name)
+        elif accepts(name):
+            if name == "_resources":
+                extra[name] = _resources_of(task)
+            elif task.request is not None:
+                extra[name] = _record_of(task)
+    return extra
+
+
+def _resources_of(task: WorkerTask) -> ResourceRequirements:
+    if task.resources is None:
+        return ResourceRequirements()
+    nodes, processes, threads = task.resources
+    return ResourceRequirements(node_count=nodes, cpu_processes=processes, cpu_threads=threads)
+
+
+def _record_of(task: WorkerTask) -> Result:
+    """The task record a worker hands to a method, its inputs still serialized."""
+    assert task.request is not None
+    record = Result.model_validate_json(task.request)
+    record.inputs = task.inputs
+    record.mark_serialized(inputs=True, value=False)
+    return record
+
+
+_PARSL_WORKER_VARIABLES = ("PARSL_WORKER_RANK", "PARSL_WORKER_POOL_ID")
+
+
 def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
     """Run a function on a task's inputs, on a worker; never raises for the task's sake.
 
     Deserializes the inputs, starts resolving their proxies, runs the function and
     serializes its value. A failing function, undecodable inputs or an unserializable value
-    come back as a failed outcome with the reason.
+    come back as a failed outcome with the reason. A :class:`ColmenaMethod` runs its
+    ``function``; a function that declares ``_resources`` (or ``_result``) gets the task's
+    resource requirements (or record).
 
     Args:
         func: Function to invoke
@@ -303,6 +540,9 @@ def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
         The serialized value, or the failure, with the timings of each step
     """
     outcome = WorkerOutcome(hostname=platform.node(), time_compute_started=time.time())
+    for variable in _PARSL_WORKER_VARIABLES:
+        if variable in os.environ:
+            outcome.worker_info[variable] = os.environ[variable]
     try:
         start = perf_counter()
         args, kwargs = SerializationMethod.deserialize(task.serialization_method, task.inputs)
@@ -310,14 +550,17 @@ def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
         start = perf_counter()
         proxies = resolve_proxies_async((args, kwargs))
         outcome.time_async_resolve_proxies = perf_counter() - start
+        extra = _extra_arguments(func, task, kwargs)
     except Exception as exc:
         outcome.failure = _describe(exc, "Could not deserialize the task inputs")
         outcome.time_compute_ended = time.time()
         return outcome
 
+    target = func.function if isinstance(func, ColmenaMethod) else func
     start = perf_counter()
     try:
-        value = func(*args, **kwargs)
+        with _streaming(task, outcome):
+            value = target(*args, **kwargs, **extra)
     except Exception as exc:
         outcome.time_running = perf_counter() - start
         outcome.time_compute_ended = time.time()

@@ -47,7 +47,7 @@ from colmena_core.models import (
 )
 from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues
-from colmena_core.task_server.base import FutureBasedTaskServer, execute_packed_task
+from colmena_core.task_server.base import FutureBasedTaskServer, as_served, execute_packed_task
 from colmena_core.task_server.local import method_name
 
 __all__ = ["ParslTaskServer"]
@@ -302,6 +302,7 @@ class ParslTaskServer(FutureBasedTaskServer):
         self.app_options: dict[str, dict[str, Any]] = {}
         for spec in methods:
             function, options = _split_spec(spec)
+            function = as_served(function)
             name = method_name(function)
             if name in self.methods:
                 raise ValueError(f"Two methods share the name {name!r}")
@@ -370,7 +371,8 @@ class ParslTaskServer(FutureBasedTaskServer):
             request = task.model_copy(deep=True)
             return self._submit_executable(self._executable_apps[task.method], request)
         # One bytes object: Parsl's serializer (dill) is slow for anything structured
-        future: Future[bytes] = self._apps[task.method](task.to_worker_task().pack())
+        worker_task = self.worker_task(task, self.methods[task.method])
+        future: Future[bytes] = self._apps[task.method](worker_task.pack())
         return future
 
     def _submit_executable(self, apps: _ExecutableApps, request: Result) -> Future[Result]:

@@ -1,0 +1,192 @@
+"""Colmena 0.7's methods: wrappers, ``_resources``/``_result``, and generators streaming
+intermediate results to a thinker on every transport."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Collection, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from task_server_support import WAIT, Ranks, fake_mpi_launch
+from test_queue_conformance import BACKENDS
+
+from colmena_core.models import ExecutableTask, ResourceRequirements, Result
+from colmena_core.models.methods import (
+    ExecutableMethod,
+    PythonGeneratorMethod,
+    PythonMethod,
+)
+from colmena_core.queue import ColmenaQueues, PipeQueues
+from colmena_core.task_server import LocalTaskServer
+from colmena_core.task_server.base import convert_to_colmena_method
+from colmena_core.testing.task_servers import running_task_server
+from colmena_core.thinker import BaseThinker, agent, result_processor
+
+
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def allocation(label: str, _resources: ResourceRequirements) -> str:
+    return f"{label}: {_resources.node_count} nodes, {_resources.total_ranks} ranks"
+
+
+def own_record(_result: Result) -> tuple[str, str | None, dict[str, Any]]:
+    return _result.task_id, _result.method, _result.task_info
+
+
+def count_up(n: int) -> Generator[int, None, int]:
+    yield from range(n)
+    return n * 10
+
+
+class Echo(ExecutableMethod):
+    def __init__(self) -> None:
+        super().__init__(["echo"])
+
+    def preprocess(
+        self, run_dir: Path, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str | None]:
+        return [str(a) for a in args], None
+
+    def postprocess(self, run_dir: Path) -> str:
+        return (run_dir / "colmena.stdout").read_text().strip()
+
+
+# ------------------------------------------------------------------ the wrappers
+def test_convert_to_colmena_method_picks_the_wrapper() -> None:
+    plain = convert_to_colmena_method(add)
+    assert isinstance(plain, PythonMethod) and plain.name == plain.__name__ == "add"
+    generator = convert_to_colmena_method(count_up)
+    assert isinstance(generator, PythonGeneratorMethod) and generator.name == "count_up"
+    echo = Echo()
+    assert convert_to_colmena_method(echo) is echo
+    assert echo.name == "echo" and isinstance(echo, ExecutableTask)
+    assert PythonMethod(add, name="plus").__name__ == "plus"
+    with pytest.raises(TypeError, match="callable"):
+        convert_to_colmena_method(42)  # type: ignore[arg-type]
+
+
+def test_calling_a_method_with_a_task_record_runs_it(run_dirs: Path) -> None:
+    # Colmena 0.7: ``method(result)`` runs the task here and returns the record
+    result = PythonMethod(add)(Result.from_args_and_kwargs([2], {"y": 3}, method="add"))
+    result.deserialize()
+    assert result.success and result.complete and result.value == 5
+    assert result.time.running is not None and result.timestamp.compute_ended is not None
+
+    echoed = Echo()(Result.from_args_and_kwargs(["hello", 7]))
+    echoed.deserialize()
+    assert echoed.success and echoed.value == "hello 7"
+
+
+def test_generators_without_streaming_return_their_yields() -> None:
+    listed = PythonGeneratorMethod(count_up)(Result(((3,), {})))
+    listed.deserialize()
+    assert listed.value == [0, 1, 2]
+    request = Result(((3,), {}), serialization_method="pickle")
+    with_return = PythonGeneratorMethod(count_up, store_return_value=True)(request)
+    with_return.deserialize()
+    assert with_return.value == ([0, 1, 2], 30)
+
+
+def test_generator_called_here_streams_to_its_queue() -> None:
+    queues = PipeQueues()
+    method = PythonGeneratorMethod(count_up, store_return_value=True, streaming_queue=queues)
+    final = method(Result(((3,), {}), method="count_up", topic="default"))
+    final.deserialize()
+    assert final.value == 30 and final.complete
+    streamed = [queues.get_result(timeout=WAIT) for _ in range(3)]
+    assert [(r.value, r.complete, r.task_id) for r in streamed if r] == [
+        (i, False, final.task_id) for i in range(3)
+    ]
+
+
+def test_functions_get_resources_and_their_record_when_they_ask(tmp_path: Path) -> None:
+    template, launcher_log = fake_mpi_launch(tmp_path, "-n {total_ranks}")
+    queues = PipeQueues()
+    methods: list[Callable[..., Any]] = [allocation, own_record, PythonMethod(allocation, "alloc")]
+    methods.append(Ranks(template))
+    with running_task_server(LocalTaskServer(queues, methods), queues, timeout=WAIT):
+        for method in ("allocation", "alloc"):
+            queues.send_inputs(
+                "sim", method=method, resources={"node_count": 2, "cpu_processes": 3}
+            )
+        task_id = queues.send_inputs(method="own_record", task_info={"batch": 4})
+        queues.send_inputs(method="ranks", resources={"node_count": 2, "cpu_processes": 4})
+        results = {r.method: r for r in (queues.get_result(timeout=WAIT) for _ in range(4)) if r}
+    assert results["allocation"].value == "sim: 2 nodes, 6 ranks"
+    assert results["alloc"].value == "sim: 2 nodes, 6 ranks"
+    assert results["own_record"].value == (task_id, "own_record", {"batch": 4})
+    assert results["ranks"].success and results["ranks"].value == "done"
+    assert launcher_log.read_text().splitlines()[:2] == ["-n", "8"]
+
+
+# ------------------------------------------------- streaming on every transport
+QueuePair = Callable[[Collection[str]], tuple[ColmenaQueues, ColmenaQueues]]
+"""``make_pair(topics)``: the queues of a thinker, and those of a task server that serves it."""
+
+
+@pytest.fixture(params=["pipe", "redis"])
+def make_pair(request: pytest.FixtureRequest) -> Iterator[QueuePair]:
+    """Queues of one transport (see ``test_queue_conformance``) for a thinker and a server.
+
+    Pipes and Redis: one object (the server gets its copy when its process starts).
+    RabbitMQ: a second object of the same campaign, as a separate task server would have.
+    """
+    created: list[ColmenaQueues] = []
+    with BACKENDS[request.param](request) as build:
+
+        def make(topics: Collection[str]) -> tuple[ColmenaQueues, ColmenaQueues]:
+            client = build(topics)
+            server = build(topics) if request.param == "rabbitmq" else client
+            created.extend({id(q): q for q in (client, server)}.values())
+            return client, server
+
+        try:
+            yield make
+        finally:
+            for queues in created:
+                queues.flush()
+                disconnect = getattr(queues, "disconnect", None)
+                if callable(disconnect):
+                    disconnect()
+
+
+class Collector(BaseThinker):
+    """Submits one generator task and records every result of it that arrives."""
+
+    def __init__(self, queues: ColmenaQueues, steps: int) -> None:
+        super().__init__(queues)
+        self.steps = steps
+        self.received: list[tuple[Any, bool | None]] = []
+        self.final = threading.Event()
+
+    @agent(startup=True)
+    def submit(self) -> None:
+        self.queues.send_inputs(self.steps, method="count_up", topic="stream")
+
+    @result_processor(topic="stream")
+    def record(self, result: Result) -> None:
+        self.received.append((result.value, result.complete))
+        if result.complete:
+            self.final.set()
+            self.done.set()
+
+
+@pytest.mark.parametrize("threads", [True, False], ids=["threads", "processes"])
+def test_generator_streams_each_yield_to_a_result_processor(
+    make_pair: QueuePair, threads: bool
+) -> None:
+    queues, server_queues = make_pair(["stream"])
+    method = PythonGeneratorMethod(count_up, store_return_value=True, streaming_queue=queues)
+    server = LocalTaskServer(server_queues, [method], threads=threads, num_workers=1)
+    with running_task_server(server, queues, timeout=WAIT):
+        thinker = Collector(queues, 5)
+        thinker.daemon = True  # a failing test must not keep the interpreter alive
+        thinker.start()
+        thinker.join(WAIT)
+        assert not thinker.is_alive() and thinker.final.is_set()
+    assert thinker.received == [(i, False) for i in range(5)] + [(50, True)]
+    assert queues.active_count == 0
