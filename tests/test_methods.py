@@ -124,23 +124,31 @@ def test_functions_get_resources_and_their_record_when_they_ask(tmp_path: Path) 
 
 
 # ------------------------------------------------- streaming on every transport
+SECRET = "the secret of the streaming campaign"
+
 QueuePair = Callable[[Collection[str]], tuple[ColmenaQueues, ColmenaQueues]]
 """``make_pair(topics)``: the queues of a thinker, and those of a task server that serves it."""
 
 
-@pytest.fixture(params=["pipe", "redis"])
+@pytest.fixture(params=["pipe", "redis", "redis-signed"])
 def make_pair(request: pytest.FixtureRequest) -> Iterator[QueuePair]:
     """Queues of one transport (see ``test_queue_conformance``) for a thinker and a server.
 
     Pipes and Redis: one object (the server gets its copy when its process starts).
-    RabbitMQ: a second object of the same campaign, as a separate task server would have.
+    RabbitMQ, and Redis with a campaign secret: a second object of the same campaign, as a
+    separate task server would have.
     """
     created: list[ColmenaQueues] = []
-    with BACKENDS[request.param](request) as build:
+    transport = request.param.removesuffix("-signed")
+    with BACKENDS[transport](request) as build:
 
         def make(topics: Collection[str]) -> tuple[ColmenaQueues, ColmenaQueues]:
-            client = build(topics)
-            server = build(topics) if request.param == "rabbitmq" else client
+            if request.param == "redis-signed":
+                client = build(topics, secret=SECRET)
+                server = build(topics, secret=SECRET, prefix=client.prefix)  # type: ignore[attr-defined]
+            else:
+                client = build(topics)
+                server = build(topics) if transport == "rabbitmq" else client
             created.extend({id(q): q for q in (client, server)}.values())
             return client, server
 
