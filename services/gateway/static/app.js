@@ -147,6 +147,7 @@ async function signIn(token) {
     }
   }
   document.body.classList.toggle("monitor", state.monitor);
+  $("whoami").textContent = `client ${state.client}${state.monitor ? " · monitor" : ""}`;
   $("not-monitor").hidden = state.monitor;
   $("mode").querySelector("option[value=campaign]").disabled = !state.monitor;
   $("mode").value = state.monitor ? "campaign" : "watch";
@@ -369,7 +370,9 @@ function drawCharts() {
 
 // ----------------------------------------------------------------------------- tasks
 function addResult(result, seen) {
-  if (state.rows.has(result.task_id)) return; // delivered at least once: drop duplicates
+  // One row per task: a result delivered again, or a task's later (intermediate or final)
+  // result, takes the place of the row shown
+  const shown = state.rows.get(result.task_id);
   const row = document.createElement("tr");
   row.dataset.taskId = result.task_id;
   row.className = result.success ? "result" : "result failed-row";
@@ -395,7 +398,8 @@ function addResult(result, seen) {
   row.dataset.search = [result.task_id, result.method, result.topic, result.client,
     result.success ? "success" : "failed", text, JSON.stringify(result.task_info || {})].join(" ").toLowerCase();
   row.hidden = !matches(row);
-  $("results").querySelector("tbody").prepend(row);
+  if (shown) shown.replaceWith(row);
+  else $("results").querySelector("tbody").prepend(row);
   state.rows.set(result.task_id, row);
   if (state.rows.size > MAX_ROWS) {
     const oldest = $("results").querySelector("tbody").lastElementChild;
