@@ -33,6 +33,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from colmena_core.backoff import Backoff
+
 __all__ = ["GatewayClient", "GatewayError", "SubmissionError"]
 
 _API = "/api/v1"
@@ -299,7 +301,7 @@ class GatewayClient:
         url = self._stream_url("/results/ws", ack="client", topic=list(topics or []) or None)
         headers = {"Authorization": f"Bearer {self.token}"}
         last_result = time.monotonic()
-        delay = 0.1
+        backoff = Backoff(limit=2.0)
 
         def remaining() -> float | None:
             if idle_timeout is None:
@@ -312,7 +314,7 @@ class GatewayClient:
         while True:
             try:
                 with connect(url, additional_headers=headers, open_timeout=self.timeout) as socket:
-                    delay = 0.1
+                    backoff.reset()
                     while True:
                         message = json.loads(socket.recv(timeout=remaining()))
                         if message.get("type") != "result":
@@ -336,8 +338,7 @@ class GatewayClient:
                 if not reconnect:
                     raise
             wait = remaining()
-            time.sleep(min(delay, wait) if wait is not None else delay)
-            delay = min(delay * 2, 2.0)
+            backoff.sleep(at_most=wait)
 
     def sse_results(
         self,
@@ -363,7 +364,7 @@ class GatewayClient:
         if topics:
             params["topic"] = list(topics)
         last_result = time.monotonic()
-        delay = 0.1
+        backoff = Backoff(limit=2.0)
 
         def check_idle() -> None:
             if idle_timeout is not None and time.monotonic() - last_result > idle_timeout:
@@ -383,7 +384,7 @@ class GatewayClient:
                         raise GatewayError(
                             response.status_code, response.json().get("detail", response.text)
                         )
-                    delay = 0.1
+                    backoff.reset()
                     event: str | None = None
                     data: list[str] = []
                     for line in response.iter_lines():
@@ -411,5 +412,4 @@ class GatewayClient:
                 if not reconnect:
                     raise
             check_idle()
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            backoff.sleep()

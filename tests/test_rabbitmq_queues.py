@@ -397,7 +397,8 @@ def test_stopped_task_server_deletes_its_private_queues_quietly(
     task.set_result(3)
     server.send_result(task)
     assert thinker.get_result(timeout=WAIT) is not None
-    server_id = server._get_session().server_id
+    server_id = server.server_id
+    assert server_id is not None
     names = server.names
     private = [
         names.control_queue(server_id),

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from colmena_core.backoff import Backoff
 from colmena_core.queue.amqp import (
-    MAX_RECONNECT_DELAY,
     AmqpLink,
     ChannelClosedError,
     Publication,
@@ -265,7 +265,7 @@ class Subscription:
             channel.basic_nack(delivery.tag, requeue=False)
 
     async def _run(self) -> None:
-        delay = 0.1
+        backoff = Backoff()
         while not self._closed:
             closed: asyncio.Event = asyncio.Event()
             channel: Any = None
@@ -285,7 +285,7 @@ class Subscription:
                     )
                     self._tags.append(str(frame.method.consumer_tag))
                 self._subscribed.set()
-                delay = 0.1
+                backoff.reset()
                 await closed.wait()
             except ChannelClosedError as exc:
                 self.last_error = repr(exc)
@@ -300,8 +300,7 @@ class Subscription:
                     channel.close()  # opened while closing: nothing may stay held here
             if self._closed:
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            await backoff.wait()
 
     def _receiver(self, channel: Any) -> Callable[[Any, Any, Any, bytes], None]:
         def received(_: Any, method: Any, properties: Any, body: bytes) -> None:

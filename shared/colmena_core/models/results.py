@@ -300,6 +300,10 @@ class Result(BaseModel):
     value: Any = Field(default=None, description="Output of the task")
     method: MethodName | None = Field(default=None, description="Name of the method to run")
     topic: Name = Field(default="default", description="Topic of the task, which routes its result")
+    reply_to: Name | None = Field(
+        default=None,
+        description="Client the result goes back to, on transports that route results by client",
+    )
     success: bool | None = Field(default=None, description="Whether the task completed")
     complete: bool | None = Field(
         default=None,

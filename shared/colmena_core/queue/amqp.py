@@ -7,10 +7,11 @@ one channel in confirm mode for publishing; everything else belongs to its owner
 plugs in through three hooks and the helpers below.
 
 * **Connection life.** :meth:`AmqpLink.start` connects in the background and reconnects
-  after every loss with back-off (0.1 s, doubling up to 5 s), each attempt bounded by the
-  connect timeout. A URL may name several brokers, comma-separated (the nodes of a
-  cluster): each attempt after a failure or a loss goes to the next one, in turn. Once the connection and its publishing channel are open, the link awaits
-  the owner's ``on_connected`` hook (declare the topology: an error in it drops the
+  after every loss with the project's back-off (:class:`~colmena_core.backoff.Backoff`),
+  each attempt bounded by the connect timeout. A URL may name several brokers,
+  comma-separated (the nodes of a cluster): each attempt after a failure or a loss goes to
+  the next one, in turn. Once the connection and its publishing channel are open, the link
+  awaits the owner's ``on_connected`` hook (declare the topology: an error in it drops the
   connection and the link tries again), then starts publishing and calls ``on_ready``
   (consume again). ``on_lost`` runs after each loss, for the owner to forget what belonged
   to the lost channels (:attr:`AmqpLink.generation` numbers the connections). A publishing
@@ -51,6 +52,9 @@ import pika
 import pika.spec
 from pika.adapters.asyncio_connection import AsyncioConnection
 
+from colmena_core.backoff import DEFAULT_MAX_DELAY, Backoff
+from colmena_core.exceptions import BrokerConnectionError, TransportError
+
 __all__ = [
     "MAX_RECONNECT_DELAY",
     "AmqpLink",
@@ -68,8 +72,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_RECONNECT_DELAY = 5.0
-"""Longest wait, in seconds, between two connection attempts."""
+MAX_RECONNECT_DELAY = DEFAULT_MAX_DELAY
+"""Longest wait, in seconds, between two connection attempts (see :class:`Backoff`)."""
 
 _PUBLISH_ID_HEADER = "colmena-publish-id"
 _SIZE_LIMIT = re.compile(r"message size \d+ is larger than configured max size (\d+)")
@@ -78,7 +82,7 @@ _REFUSED_PAUSE = 0.5
 """Seconds publishing pauses after the broker refused messages that are retried."""
 
 
-class ChannelClosedError(Exception):
+class ChannelClosedError(TransportError):
     """A channel or connection closed while an operation waited on it.
 
     Attributes:
@@ -90,11 +94,11 @@ class ChannelClosedError(Exception):
         self.reply_code: int | None = getattr(reason, "reply_code", None)
 
 
-class PublishRefusedError(Exception):
+class PublishRefusedError(TransportError):
     """The broker refused a message (a negative confirmation, or a size it does not take)."""
 
 
-class LinkClosedError(ConnectionError):
+class LinkClosedError(BrokerConnectionError):
     """The link was closed before the broker confirmed a message."""
 
 
@@ -347,11 +351,11 @@ class AmqpLink:
 
     async def _maintain(self) -> None:
         """Connect, set up, wait for a loss, repeat with back-off until closed."""
-        delay = 0.1
+        backoff = Backoff()
         while not self._closing:
             try:
                 await self._connect()
-                delay = 0.1
+                backoff.reset()
                 await self._lost.wait()
             except ChannelClosedError as exc:  # the close callbacks tell why
                 self.last_error = self.last_error or str(exc)
@@ -362,8 +366,7 @@ class AmqpLink:
                 self._on_lost()
             if self._closing:
                 return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_RECONNECT_DELAY)
+            await backoff.wait()
 
     async def _connect(self) -> None:
         # Each attempt (after a failure or a loss) goes to the next broker in turn.
@@ -519,6 +522,25 @@ class AmqpLink:
             raise ChannelClosedError(None)
         answer, answered = self._answer()
         getattr(channel, method)(callback=answered, **kwargs)
+        return await self._wait_answer(channel, answer)
+
+    async def get(self, channel: Any, queue: str) -> tuple[Any, Any, bytes] | None:
+        """Take one message from ``queue`` without a consumer (``basic.get``, to acknowledge).
+
+        Returns:
+            The message's method frame, properties and body; ``None`` if the queue is empty
+        Raises:
+            ChannelClosedError: as :meth:`rpc`
+        """
+        if channel is None or not channel.is_open:
+            raise ChannelClosedError(None)
+        answer, answered = self._answer()
+
+        def on_message(_: Any, method: Any, properties: Any, body: bytes) -> None:
+            answered((method, properties, body))
+
+        channel.add_callback(lambda _: answered(None), [pika.spec.Basic.GetEmpty], one_shot=True)
+        channel.basic_get(queue, on_message, auto_ack=False)
         return await self._wait_answer(channel, answer)
 
     def _answer(self) -> tuple[asyncio.Future[Any], Callable[[Any], None]]:

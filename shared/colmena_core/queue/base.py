@@ -287,6 +287,7 @@ class ColmenaQueues(ABC):
             (input_args, input_kwargs or {}),
             method=method,
             topic=topic,
+            reply_to=self._reply_address(),
             keep_inputs=self.keep_inputs if keep_inputs is None else keep_inputs,
             serialization_method=self.serialization_method,
             task_info=task_info or {},
@@ -340,9 +341,8 @@ class ColmenaQueues(ABC):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = self._get_result(topic, remaining)
             try:
-                result = self.decode_result(message)
+                result = self._get_result(topic, remaining)
             except MessageDecodeError as exc:
                 logger.warning("Dropped a result message on topic %s: %s", topic, exc)
                 continue
@@ -437,15 +437,11 @@ class ColmenaQueues(ABC):
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = self._get_request(remaining)
-            if isinstance(message, Result):
-                task = message
-            else:
-                try:
-                    task = self.decode_request(message)
-                except MessageDecodeError as exc:
-                    logger.warning("Dropped a task request: %s", exc)
-                    continue
+            try:
+                task = self._get_request(remaining)
+            except MessageDecodeError as exc:
+                logger.warning("Dropped a task request: %s", exc)
+                continue
             task.mark_input_received()
             return task.topic, task
 
@@ -459,6 +455,15 @@ class ColmenaQueues(ABC):
         self._check_role(QueueRole.SERVER, "send_result")
         if topic is not None:
             result.topic = topic
+        self._hand_over_result(result)
+
+    def _hand_over_result(self, result: Result) -> None:
+        """Encode and send a result now; transports with a sender thread of their own hand
+        it to that thread instead, so the engine's threads never wait for the broker."""
+        self._send_result(self._encode_result(result), result)
+
+    def _encode_result(self, result: Result) -> bytes:
+        """The message of a result; a result too large becomes a failure that fits."""
         result.mark_result_sent()
         message = encode_result(result, self.signer)
         too_large = self._too_large(message, f"The result of task {result.task_id}")
@@ -471,7 +476,7 @@ class ColmenaQueues(ABC):
             if not self._fits(message):  # the inputs it kept are too large too
                 result.drop_payloads(inputs=True)
                 message = encode_result(result, self.signer)
-        self._send_result(message, result)
+        return message
 
     def _fits(self, message: bytes) -> bool:
         """Whether ``message`` is within :attr:`max_message_size`."""
@@ -489,17 +494,23 @@ class ColmenaQueues(ABC):
         )
 
     # -------------------------------------------------------------- transport
+    def _reply_address(self) -> str | None:
+        """Where results of this client's tasks go, for transports that route them
+        (carried in each request as :attr:`Result.reply_to`)."""
+        return None
+
     @abstractmethod
     def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
         """Deliver an encoded task request to the task servers serving ``method``."""
 
     @abstractmethod
-    def _get_request(self, timeout: float | None) -> bytes | Result:
-        """Wait for the next task request: encoded, or decoded if the transport had to.
+    def _get_request(self, timeout: float | None) -> Result:
+        """Wait for the next task request, decoded with :meth:`decode_request`.
 
         Raises:
             TimeoutException: nothing arrived within ``timeout`` seconds
             KillSignalException: the kill signal arrived
+            MessageDecodeError: what arrived is not a message (it is dropped)
         """
 
     @abstractmethod
@@ -507,11 +518,12 @@ class ColmenaQueues(ABC):
         """Deliver an encoded result to the client that sent the task (``result.topic``)."""
 
     @abstractmethod
-    def _get_result(self, topic: str, timeout: float | None) -> bytes:
-        """Wait for the next encoded result of ``topic``.
+    def _get_result(self, topic: str, timeout: float | None) -> Result:
+        """Wait for the next result of ``topic``, decoded with :meth:`decode_result`.
 
         Raises:
             TimeoutException: nothing arrived within ``timeout`` seconds
+            MessageDecodeError: what arrived is not a message (it is dropped)
         """
 
     @abstractmethod

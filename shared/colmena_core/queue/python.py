@@ -240,17 +240,17 @@ class PipeQueues(ColmenaQueues):
     def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
         self._requests.send(message)
 
-    def _get_request(self, timeout: float | None) -> bytes:
+    def _get_request(self, timeout: float | None) -> Result:
         message = self._requests.receive(timeout)
         if message == _KILL:
             raise KillSignalException()
-        return message
+        return self.decode_request(message)
 
     def _send_result(self, message: bytes, result: Result) -> None:
         self._results[result.topic].send(message)
 
-    def _get_result(self, topic: str, timeout: float | None) -> bytes:
-        return self._results[topic].receive(timeout)
+    def _get_result(self, topic: str, timeout: float | None) -> Result:
+        return self.decode_result(self._results[topic].receive(timeout))
 
     def _send_kill_signal(self) -> None:
         self._requests.send(_KILL)

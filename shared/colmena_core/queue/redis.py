@@ -293,20 +293,20 @@ class RedisQueues(ColmenaQueues):
     def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
         self._push(self._requests_key, message)
 
-    def _get_request(self, timeout: float | None) -> bytes:
+    def _get_request(self, timeout: float | None) -> Result:
         message = self._pop(self._requests_key, timeout)
         try:
             decode_kill(message, self.signer)
         except MessageDecodeError:
-            return message  # a request, or junk the base class drops with a warning
+            return self.decode_request(message)  # junk raises: the base class drops it
         raise KillSignalException()
 
     def _send_result(self, message: bytes, result: Result) -> None:
         self._check_topic(result.topic)  # a result for an unknown topic would never be read
         self._push(self._result_key(result.topic), message)
 
-    def _get_result(self, topic: str, timeout: float | None) -> bytes:
-        return self._pop(self._result_key(topic), timeout)
+    def _get_result(self, topic: str, timeout: float | None) -> Result:
+        return self.decode_result(self._pop(self._result_key(topic), timeout))
 
     def _send_kill_signal(self) -> None:
         self._push(self._requests_key, self.kill_message())
