@@ -15,11 +15,20 @@ import pickle
 import socket
 import threading
 import time
+import urllib.parse
 
 import pika
+import psutil
 import pytest
 
-from colmena_core.exceptions import KillSignalException, MessageTooLargeError, TimeoutException
+from colmena_core.backoff import Backoff
+from colmena_core.exceptions import (
+    KillSignalException,
+    MessageDecodeError,
+    MessageTooLargeError,
+    TimeoutException,
+    TransportError,
+)
 from colmena_core.models import Result
 from colmena_core.models.wire import encode_result
 from colmena_core.queue import RabbitMQQueues
@@ -29,8 +38,11 @@ from colmena_core.queue.rabbitmq import (
     BrokerConnectionError,
     CampaignNames,
     list_dead_letters,
+    purge_dead_letters,
     queue_depths,
+    requeue_dead_letters,
 )
+from colmena_core.queue.rabbitmq.monitor import CampaignMonitor, HeartbeatPublisher
 from colmena_core.testing.brokers import ThrowawayCampaign
 from colmena_core.testing.task_servers import (
     LocalServerStarter,
@@ -434,3 +446,115 @@ def test_deleting_a_campaign_removes_its_heartbeat_exchange(rabbitmq_url: str) -
     finally:
         if connection.is_open:
             connection.close()
+
+
+# ------------------------------------------------------- one connection, admin
+def _broker_connections(url: str) -> set[tuple[str, int]]:
+    """Local addresses of this process's TCP connections to the broker of ``url``."""
+    port = urllib.parse.urlsplit(url).port or 5672
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
+def test_one_broker_connection_carries_everything_a_process_does(
+    campaign: ThrowawayCampaign,
+) -> None:
+    before = _broker_connections(campaign.url)
+    thinker = campaign.queues(["science"], methods=["add"])
+    server = campaign.queues(methods=["add"])
+    server.prepare_server(["add"])
+    with (
+        CampaignMonitor(campaign.url, campaign.name) as monitor,
+        HeartbeatPublisher(campaign.url, campaign.name) as heartbeats,
+    ):
+        task_id = thinker.send_inputs(1, 2, method="add", topic="science")
+        _, task = server.get_task(timeout=WAIT)
+        task.set_result(3)
+        server.send_result(task)
+        result = thinker.get_result("science", timeout=WAIT)
+        assert result is not None and result.task_id == task_id
+        heartbeats.publish({"server_id": "s-1", "methods": ["add"]}, ttl=WAIT)
+        assert heartbeats.wait_sent(1, WAIT)
+        assert monitor.wait_connected(WAIT)
+        assert monitor.wait_until(lambda m: bool(m.servers()), WAIT)
+        assert queue_depths(campaign.url, campaign.name, ["add"])  # over the same connection
+        assert monitor.dead_letters() == []
+        # One at most: an earlier test's queue object may still hold the process's connection
+        opened = _broker_connections(campaign.url) - before
+        assert len(opened) <= 1, opened
+    thinker.disconnect()
+    server.disconnect()
+    assert not _broker_connections(campaign.url) - before  # closed with its last user
+
+
+def test_dead_letters_are_requeued_or_purged(
+    campaign: ThrowawayCampaign, start_server: LocalServerStarter
+) -> None:
+    thinker = campaign.queues(methods=["add"])
+    task_id = thinker.send_inputs(2, 5, method="add")
+    thinker.disconnect()  # confirmed, waiting in the queue of "add"
+    names = thinker.names
+    connection = pika.BlockingConnection(pika.URLParameters(campaign.url))
+    try:  # an operator rejects it, then junk arrives: both become dead letters
+        channel = connection.channel()
+        method, _, _ = channel.basic_get(names.request_queue("add"))
+        assert method is not None
+        channel.basic_nack(method.delivery_tag, requeue=False)
+        channel.basic_publish(names.dead_exchange, "", b"junk")
+    finally:
+        connection.close()
+    letters = list_dead_letters(campaign.url, campaign.name)
+    assert sorted(str(d.task_id) for d in letters) == sorted([task_id, "None"])
+
+    requeued = requeue_dead_letters(campaign.url, campaign.name)
+    assert [d.task_id for d in requeued] == [task_id]  # junk cannot be sent anywhere
+    [left] = list_dead_letters(campaign.url, campaign.name)
+    assert left.body == b"junk"
+    server = start_server(campaign.queues(methods=["add"]), [add])
+    [result] = receive_results(thinker, 1, timeout=WAIT)
+    assert (result.task_id, result.value[0]) == (task_id, 7)
+
+    assert purge_dead_letters(campaign.url, campaign.name, task_ids=["someone-else"]) == 0
+    assert purge_dead_letters(campaign.url, campaign.name) == 1
+    assert list_dead_letters(campaign.url, campaign.name) == []
+    stop_task_servers(thinker, server, timeout=WAIT)
+
+
+def test_send_result_returns_at_once_while_the_broker_is_away() -> None:
+    # Results are encoded and published by a sender thread of the queues, so the engine's
+    # thread that hands one over never waits for the broker
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = RabbitMQQueues(url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=1.0)
+    server.set_role("server")
+    task = Result(((1, 2), {}), method="add", reply_to="thinker-1")
+    task.serialize()
+    task.set_result(3)
+    handed_over = threading.Event()
+    sender = threading.Thread(target=lambda: (server.send_result(task), handed_over.set()))
+    sender.start()
+    assert handed_over.wait(WAIT)
+    sender.join(WAIT)
+    server.disconnect(timeout=1)
+
+
+def test_transport_errors_share_one_base_class() -> None:
+    for error in (BrokerConnectionError, MessageTooLargeError, MessageDecodeError):
+        assert issubclass(error, TransportError)
+    assert issubclass(BrokerConnectionError, ConnectionError)
+
+
+def test_backoff_doubles_up_to_its_limit_and_restarts() -> None:
+    backoff = Backoff(first=0.1, limit=0.5)
+    assert [backoff.next_delay() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    backoff.reset()
+    assert backoff.next_delay() == 0.1
+    stop = threading.Event()
+    stop.set()
+    assert backoff.sleep(stop)  # a stop request cuts the wait short
+    with pytest.raises(ValueError):
+        Backoff(first=1.0, limit=0.5)
