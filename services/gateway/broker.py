@@ -26,6 +26,7 @@ from functools import partial
 from typing import Any
 
 from colmena_core.backoff import Backoff
+from colmena_core.exceptions import BrokerConnectionError
 from colmena_core.queue.amqp import (
     AmqpLink,
     ChannelClosedError,
@@ -38,7 +39,7 @@ from ..common import redacted
 logger = logging.getLogger(__name__)
 
 
-class BrokerUnavailableError(ConnectionError):
+class BrokerUnavailableError(BrokerConnectionError):
     """The broker did not answer, or did not confirm a message, in time."""
 
 
