@@ -114,6 +114,7 @@ class ServerRole(Role):
         self._served_lock = threading.Lock()
         self._want_serving = threading.Event()
         self._serving: _Serving | None = None
+        self._serving_on: ConnectionState | None = None
         self._stopped = False
         self._closing = False
         self._reconsuming = False
@@ -202,12 +203,13 @@ class ServerRole(Role):
 
     def _serve_if_needed(self) -> None:
         state = self.state
-        if state is not None and state.alive and self._serving is None:
+        if state is not None and state.alive and self._serving_on is not state:
             self.bridge.spawn(self._start_serving(state, declare=True))
 
     async def _start_serving(self, state: ConnectionState, declare: bool = False) -> None:
-        if self._serving is not None and self._serving.state is state:
+        if self._serving_on is state:
             return
+        self._serving_on = state  # at once: a second call meanwhile must not serve twice
         link = state.link
         channel = await state.open_channel(self._on_channel_closed)
         channel.add_on_cancel_callback(self._on_cancelled)
