@@ -24,7 +24,20 @@ def noop() -> None:
     """Nothing (for measuring overheads)."""
 
 
-METHODS = [add, echo, fail, noop]
+def blob(size: int) -> str:
+    """A string of ``size`` characters (results that fill a client's socket)."""
+    return "x" * size
+
+
+def nested(depth: int) -> Any:
+    """Lists nested ``depth`` deep: valid JSON that the gateway refuses to unfold."""
+    value: Any = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+METHODS = [add, echo, fail, noop, blob, nested]
 
 
 def square(x: float) -> float:

@@ -114,7 +114,7 @@ def test_health_readiness_and_metrics(client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["broker_connected"] is True
     client.post("/api/v1/tasks", json={"method": "echo", "args": [1]}, headers=auth(BOB))
-    answer = client.get("/metrics")
+    answer = client.get("/metrics", headers=auth(ALICE))  # per client with a token
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
     families = {f.name: f for f in text_string_to_metric_families(answer.text)}

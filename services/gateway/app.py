@@ -9,17 +9,16 @@ uvicorn until SIGTERM or SIGINT.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.encoders import jsonable_encoder
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from colmena_core.queue.rabbitmq import BrokerConnectionError
 
@@ -27,9 +26,9 @@ from ..common import ServiceConfigError, redacted
 from .api.router import API_PREFIX, api_router
 from .api.routes import health
 from .broker import BrokerUnavailableError
-from .metrics import GatewayMetrics
+from .guard import Guard, install_redactor
 from .models import finite_json
-from .service import GatewayService
+from .service import GatewayService, LimitReachedError
 from .settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -37,68 +36,29 @@ logger = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 """The dashboard's files (served from the package: no CDN)."""
 
-DASHBOARD_POLICY = (
-    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
-    "style-src 'self'; script-src 'self'; frame-ancestors 'none'"
-)
 
-
-class BodySizeLimit:
-    """Answers 413 to request bodies larger than ``max_bytes`` (declared or streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> str:
-        return f"Request body larger than the {self.max_bytes} bytes this gateway accepts"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    response = JSONResponse({"detail": self._too_large()}, status_code=413)
-                    await response(scope, receive, send)
-                    return
-        received = 0
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise HTTPException(413, detail=self._too_large())
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-
-class ErrorCounter:
-    """Counts error responses (status 400 and above) in the metrics."""
-
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def counting_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 400:
-                self.metrics.errors.labels(str(message["status"])).inc()
-            await send(message)
-
-        await self.app(scope, receive, counting_send)
+def _client_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Validation errors as the client may see them: location, message and type, and the
+    offending input only when it is a short scalar (never bytes that are not text)."""
+    shown = []
+    for error in errors:
+        entry: dict[str, Any] = {
+            "loc": [str(part) if not isinstance(part, int) else part for part in error["loc"]],
+            "msg": str(error.get("msg", "")),
+            "type": str(error.get("type", "")),
+        }
+        value = error.get("input")
+        if isinstance(value, bytes):
+            value = value[:200].decode("utf-8", "replace")
+        if (
+            value is None
+            or isinstance(value, bool | int | float)
+            or (isinstance(value, str) and len(value) <= 200)
+        ):
+            entry["input"] = value
+        shown.append(entry)
+    result: list[dict[str, Any]] = finite_json(shown)
+    return result
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
@@ -138,14 +98,22 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # As FastAPI answers, with the offending input made valid UTF-8 JSON
+        gateway.metrics.refuse("invalid")
+        return JSONResponse({"detail": _client_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(LimitReachedError)
+    async def limit_reached(request: Request, exc: LimitReachedError) -> JSONResponse:
+        gateway.metrics.refuse(exc.reason)
         return JSONResponse(
-            {"detail": finite_json(jsonable_encoder(exc.errors()))}, status_code=422
+            {"detail": str(exc)},
+            status_code=exc.status,
+            headers={"Retry-After": str(exc.retry_after)},
         )
 
     @app.exception_handler(BrokerUnavailableError)
     @app.exception_handler(BrokerConnectionError)
     async def broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        gateway.metrics.refuse("broker_unavailable")
         return JSONResponse(
             {"detail": f"The broker is not available: {exc}"},
             status_code=503,
@@ -158,12 +126,9 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
-        return FileResponse(
-            STATIC / "index.html", headers={"Content-Security-Policy": DASHBOARD_POLICY}
-        )
+        return FileResponse(STATIC / "index.html")
 
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    app.add_middleware(ErrorCounter, metrics=gateway.metrics)
+    app.add_middleware(Guard, settings=settings, metrics=gateway.metrics)
     return app
 
 
@@ -177,6 +142,7 @@ def serve(settings: GatewaySettings) -> int:
         app = create_app(settings)
     except ValueError as exc:
         raise ServiceConfigError(str(exc)) from exc
+    install_redactor(settings.tokens)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -186,6 +152,8 @@ def serve(settings: GatewaySettings) -> int:
         access_log=settings.log_level == "DEBUG",
         timeout_graceful_shutdown=5,
         proxy_headers=False,
+        server_header=False,
+        ws_max_size=max(settings.max_request_bytes, 1 << 20),
     )
     server = uvicorn.Server(config)
     server.run()

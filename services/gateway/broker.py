@@ -1,10 +1,13 @@
 """The gateway's connection to the broker, in the web server's own event loop.
 
 One :class:`~colmena_core.queue.amqp.AmqpLink` (the connection layer of
-:class:`~colmena_core.queue.rabbitmq.RabbitMQQueues` too) shared by every request: no
-thread, no lock. It publishes task requests with publisher confirms (a submission is
-answered only once the broker has the task) and opens one channel per result stream,
-consuming with manual acknowledgements: a result is acknowledged only after it was written
+:class:`~colmena_core.queue.rabbitmq.RabbitMQQueues` too) publishes task requests with
+publisher confirms (a submission is answered only once the broker has the task). Result
+streams and long-polls each need a channel of their own, and a connection carries at most
+2,047: they are spread over a few more links (``stream_links``, opened as needed, each
+holding at most ``channels_per_link`` subscriptions), so that streams can never take the
+channel submissions need, and the gateway knows how many more it can hold. Each stream
+consumes with manual acknowledgements: a result is acknowledged only after it was written
 to its API client, so results not yet delivered stay in the broker, and a stream that
 ends, or a gateway that dies, gives them back to the broker for the next stream.
 
@@ -43,6 +46,10 @@ class BrokerUnavailableError(BrokerConnectionError):
     """The broker did not answer, or did not confirm a message, in time."""
 
 
+class BrokerBusyError(RuntimeError):
+    """Every channel the gateway may open for streams is in use."""
+
+
 @dataclass(eq=False)
 class Delivery:
     """A message received by a :class:`Subscription`, not acknowledged yet."""
@@ -69,28 +76,78 @@ class BrokerLink:
         url: str,
         connect_timeout: float = 10.0,
         on_connected: Callable[[], Awaitable[None]] | None = None,
+        stream_links: int = 4,
+        channels_per_link: int = 1000,
     ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
         self.amqp = AmqpLink(
             url, connect_timeout=connect_timeout, label="Gateway", on_connected=on_connected
         )
+        self.max_stream_links = stream_links
+        self.channels_per_link = channels_per_link
+        self._stream_links: list[AmqpLink] = []
+        self._load: dict[AmqpLink, int] = {}
 
     # --------------------------------------------------------------- life
     async def start(self) -> None:
         """Start connecting in the background (returns at once)."""
         self.amqp.start()
+        self._add_stream_link()
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Wait (up to ``timeout``) for pending confirms while connected, then disconnect."""
         if self.amqp.pending:
             await self.amqp.drain(timeout, while_connected=True)
+        for link in self._stream_links:
+            await link.close()
         await self.amqp.close()
 
     @property
     def connected(self) -> bool:
-        """Whether the link is connected now."""
-        return self.amqp.connected
+        """Whether the link is connected now (and so is the first link of the streams)."""
+        return self.amqp.connected and all(link.connected for link in self._stream_links[:1])
+
+    @property
+    def stream_capacity(self) -> int:
+        """Subscriptions the links of the streams can hold in all."""
+        return self.max_stream_links * self.channels_per_link
+
+    @property
+    def subscriptions(self) -> int:
+        """Subscriptions open now."""
+        return sum(self._load.values())
+
+    def _add_stream_link(self) -> AmqpLink:
+        link = AmqpLink(
+            self.url,
+            connect_timeout=self.connect_timeout,
+            label=f"Gateway streams {len(self._stream_links) + 1}",
+        )
+        link.start()
+        self._stream_links.append(link)
+        self._load[link] = 0
+        return link
+
+    def _stream_link(self) -> AmqpLink:
+        """The least loaded link with room for one more subscription (a new one if needed).
+
+        Raises:
+            BrokerBusyError: every link holds as many subscriptions as it may
+        """
+        candidates = [
+            link for link in self._stream_links if self._load[link] < self.channels_per_link
+        ]
+        if candidates:
+            return min(candidates, key=lambda link: (not link.connected, self._load[link]))
+        if len(self._stream_links) < self.max_stream_links:
+            return self._add_stream_link()
+        raise BrokerBusyError(
+            f"All {self.stream_capacity} result streams of this gateway are in use"
+        )
+
+    def _released(self, link: AmqpLink) -> None:
+        self._load[link] = max(self._load.get(link, 0) - 1, 0)
 
     @property
     def last_error(self) -> str | None:
@@ -159,9 +216,30 @@ class BrokerLink:
             ) from None
 
     # --------------------------------------------------------- subscribing
-    def subscribe(self, queues: Sequence[str], prefetch: int) -> Subscription:
-        """Consume ``queues`` with manual acknowledgements on a channel of their own."""
-        return Subscription(self.amqp, list(queues), prefetch)
+    def subscribe(
+        self,
+        queues: Sequence[str],
+        prefetch: int,
+        on_close: Callable[[], None] | None = None,
+    ) -> Subscription:
+        """Consume ``queues`` with manual acknowledgements on a channel of their own.
+
+        Args:
+            queues: Queues to consume
+            prefetch: Messages held unacknowledged at most
+            on_close: Called once when the subscription closes
+        Raises:
+            BrokerBusyError: no room for another channel
+        """
+        link = self._stream_link()
+        self._load[link] += 1
+
+        def closed() -> None:
+            self._released(link)
+            if on_close is not None:
+                on_close()
+
+        return Subscription(link, list(queues), prefetch, on_close=closed)
 
 
 class Subscription:
@@ -172,8 +250,15 @@ class Subscription:
     messages received on a lost channel are dropped here (the broker delivers them again).
     """
 
-    def __init__(self, link: AmqpLink, queues: list[str], prefetch: int) -> None:
+    def __init__(
+        self,
+        link: AmqpLink,
+        queues: list[str],
+        prefetch: int,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self._link = link
+        self._on_close = on_close
         self.queues = queues
         self.prefetch = prefetch
         self._inbox: asyncio.Queue[Delivery] = asyncio.Queue()
@@ -207,6 +292,9 @@ class Subscription:
         client went away), where every ``await`` raises again.
         """
         self._closed = True
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
         channel, self._channel = self._channel, None
         if channel is not None and channel.is_open:
             with contextlib.suppress(Exception):

@@ -23,12 +23,12 @@ from typing import Any
 import pika
 
 from colmena_core.models import Result, SerializationMethod
-from colmena_core.models.wire import MessageDecodeError, encode_result
+from colmena_core.models.wire import encode_result
 from colmena_core.queue.amqp import ChannelClosedError
 from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize_result
 from colmena_core.queue.rabbitmq import DEFAULT_DELIVERY_LIMIT, CampaignNames, CampaignTopology
 
-from .broker import BrokerLink, BrokerUnavailableError, Delivery, Subscription
+from .broker import BrokerBusyError, BrokerLink, BrokerUnavailableError, Delivery, Subscription
 from .history import CampaignHistory
 from .metrics import GatewayMetrics
 from .models import (
@@ -50,8 +50,81 @@ CLIENT_PREFIX = "api-"
 """Client IDs of API clients on the broker are this prefix and the client's name."""
 
 
+REASON_HEADER = "colmena-reason"
+"""Header of a dead letter saying why (the one :func:`list_dead_letters` reads)."""
+
+ROUTING_KEY_HEADER = "colmena-routing-key"
+"""Header of a dead letter with the routing key it had."""
+
+
 class TopicError(ValueError):
     """A topic the gateway does not allow."""
+
+
+class LimitReachedError(Exception):
+    """A client, or the gateway, holds as many streams or long-polls as it may.
+
+    Args:
+        message: What the client is told
+        reason: Label of the refusal in the metrics
+        status: HTTP status (429: this client's limit; 503: the gateway's)
+        retry_after: Seconds after which trying again makes sense
+    """
+
+    def __init__(self, message: str, reason: str, status: int = 429, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Admission:
+    """Per-client limits on open streams (WebSocket, SSE, monitoring) and long-polls."""
+
+    _KINDS = {
+        "stream": ("streams", "COLMENA_MAX_STREAMS_PER_CLIENT", "too_many_streams"),
+        "poll": ("long-polls", "COLMENA_MAX_POLLS_PER_CLIENT", "too_many_polls"),
+    }
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self._limits = {
+            "stream": settings.max_streams_per_client,
+            "poll": settings.max_polls_per_client,
+        }
+        self._counts: dict[str, dict[str, int]] = {"stream": {}, "poll": {}}
+
+    def open(self, client: str, kind: str) -> int:
+        """How many ``kind`` (``stream`` or ``poll``) ``client`` holds now."""
+        return self._counts[kind].get(client, 0)
+
+    def take(self, client: str, kind: str) -> Callable[[], None]:
+        """Count one more ``kind`` for ``client``; returns the function that gives it back
+        (once, however often it is called).
+
+        Raises:
+            LimitReachedError: the client holds its limit already (HTTP 429)
+        """
+        counts, limit = self._counts[kind], self._limits[kind]
+        if counts.get(client, 0) >= limit:
+            what, variable, reason = self._KINDS[kind]
+            raise LimitReachedError(
+                f"Client {client!r} has {limit} {what} open, the most it may ({variable}): "
+                "close one, or retry later",
+                reason,
+            )
+        counts[client] = counts.get(client, 0) + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            counts[client] -= 1
+            if counts[client] <= 0:
+                del counts[client]
+
+        return release
 
 
 class TaskTooLargeError(ValueError):
@@ -190,7 +263,13 @@ class GatewayService:
         self.settings = settings
         self.names = CampaignNames(settings.campaign)
         self.topics: list[str] = sorted(set(settings.topic_list) | {"default"})
-        self.link = BrokerLink(settings.broker_url, on_connected=self._declare_topology)
+        self.link = BrokerLink(
+            settings.broker_url,
+            on_connected=self._declare_topology,
+            stream_links=settings.broker_connections,
+            channels_per_link=settings.channels_per_connection,
+        )
+        self.admission = Admission(settings)
         self.topology = CampaignTopology(self.link.amqp, self.names, DEFAULT_DELIVERY_LIMIT)
         self.monitor = CampaignMonitor(
             settings.broker_url, settings.campaign, default_ttl=settings.server_ttl
@@ -217,16 +296,24 @@ class GatewayService:
         await self.link.stop()
         await asyncio.to_thread(self.monitor.stop)
 
-    def ready(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the gateway can serve: connected to the broker and watching the campaign."""
-        details = {
+    def ready(self, private: bool = False) -> tuple[bool, dict[str, Any]]:
+        """Whether the gateway can serve: connected to the broker, watching the campaign,
+        and able to open another result stream.
+
+        Args:
+            private: Include the broker's last error (for callers with a token)
+        """
+        streams_free = self.link.stream_capacity - self.link.subscriptions
+        details: dict[str, Any] = {
             "broker_connected": self.link.connected,
             "monitor_connected": self.monitor.connected,
-            "campaign": self.settings.campaign,
+            "streams_free": streams_free,
         }
-        if self.link.last_error and not self.link.connected:
-            details["last_error"] = self.link.last_error
-        return self.link.connected and self.monitor.connected, details
+        if private:
+            details["campaign"] = self.settings.campaign
+            if self.link.last_error and not self.link.connected:
+                details["last_error"] = self.link.last_error
+        return self.link.connected and self.monitor.connected and streams_free > 0, details
 
     def _live_metrics(self) -> dict[str, tuple[str, float]]:
         servers = self.monitor.servers()
@@ -351,20 +438,60 @@ class GatewayService:
         return [task_id for task_id, _, _ in built]
 
     # ------------------------------------------------------------ results
-    async def results(self, client: str, topics: Sequence[str], prefetch: int) -> Subscription:
-        """A subscription to the result queues of ``client`` (enter it to start)."""
+    async def results(
+        self, client: str, topics: Sequence[str], prefetch: int, kind: str = "stream"
+    ) -> Subscription:
+        """A subscription to the result queues of ``client`` (enter it to start; it counts
+        as one ``kind``, ``stream`` or ``poll``, of the client's until it is closed).
+
+        Raises:
+            LimitReachedError: the client, or the gateway, holds as many as it may
+            BrokerUnavailableError: the broker could not be reached in time
+        """
         await self.ensure_client(client)
         queues = [self.names.result_queue(self.client_id(client), topic) for topic in topics]
-        return self.link.subscribe(queues, prefetch)
+        release = self.admission.take(client, kind)
+        try:
+            return self.link.subscribe(queues, prefetch, on_close=release)
+        except BrokerBusyError as exc:
+            release()
+            raise LimitReachedError(f"{exc}: retry later", "gateway_full", status=503) from None
 
     @staticmethod
-    def decode(body: bytes, routing_key: str | None = None) -> ResultSummary | None:
-        """A summary of a result message, or ``None`` if it cannot be decoded."""
+    def decode(body: bytes, routing_key: str | None = None) -> ResultSummary:
+        """A summary of a result message.
+
+        Raises:
+            MessageDecodeError: it is not a result message
+        """
+        return summarize_result(body, routing_key)
+
+    async def dead_letter(
+        self, subscription: Subscription, delivery: Delivery, reason: str
+    ) -> None:
+        """Move a result that cannot be delivered to the campaign's dead letters, with the
+        reason (or reject it, which dead-letters it too, if the copy is not confirmed)."""
+        logger.warning("Dead-lettered a result of %s: %s", delivery.routing_key, reason)
+        original = delivery.properties
+        headers = {
+            **dict(getattr(original, "headers", None) or {}),
+            REASON_HEADER: reason[:1000],
+            ROUTING_KEY_HEADER: delivery.routing_key,
+        }
+        properties = pika.BasicProperties(
+            delivery_mode=2,
+            content_type=getattr(original, "content_type", None),
+            headers=headers,
+        )
         try:
-            return summarize_result(body, routing_key)
-        except MessageDecodeError:
-            logger.exception("Dropped an undecodable result message")
-            return None
+            await self.link.publish_many(
+                [(self.names.dead_exchange, delivery.routing_key, delivery.body, properties)],
+                self.settings.publish_timeout,
+            )
+        except BrokerUnavailableError:
+            subscription.reject(delivery)
+            return
+        subscription.ack(delivery)
 
     def delivered(self, client: str, channel: str, count: int = 1) -> None:
         """Count results written to a client."""

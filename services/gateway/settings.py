@@ -31,6 +31,55 @@ class GatewaySettings(ServiceSettings):
         default=16 * 1024 * 1024, gt=0, description="Largest request body accepted (HTTP 413 above)"
     )
     max_batch: int = Field(default=1000, gt=0, description="Most tasks in one batch submission")
+    max_json_depth: int = Field(
+        default=64,
+        ge=4,
+        le=200,
+        description="Deepest nesting of a JSON request body (HTTP 422 deeper; checked before parsing)",
+    )
+    max_streams_per_client: int = Field(
+        default=8,
+        ge=1,
+        description="Result and monitoring streams (WebSocket, SSE) one client may hold open at "
+        "once (HTTP 429 beyond)",
+    )
+    max_polls_per_client: int = Field(
+        default=8,
+        ge=1,
+        description="Long-polls one client may have waiting at once, those whose results wait "
+        "for their acknowledgement included (HTTP 429 beyond)",
+    )
+    broker_connections: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Most broker connections for result streams and long-polls (one more "
+        "publishes tasks)",
+    )
+    channels_per_connection: int = Field(
+        default=1000,
+        ge=1,
+        le=2000,
+        description="Result streams and long-polls on each of those connections (the broker "
+        "allows 2,047 channels per connection); all in use, new ones get HTTP 503 and /readyz "
+        "says not ready",
+    )
+    send_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stream waits for its client to take a result before closing "
+        "(results not written wait in the broker for the next stream)",
+    )
+    public_details: bool = Field(
+        default=False,
+        description="Show client names on /metrics and broker errors on /readyz without a token",
+    )
+    allowed_origins: str = Field(
+        default="",
+        description="Web origins (besides the gateway's own) whose pages may open streams with "
+        "the colmena_token cookie, comma-separated",
+    )
     long_poll_timeout: float = Field(
         default=30.0, gt=0, le=300, description="Longest wait of GET /api/v1/results, seconds"
     )
@@ -80,6 +129,16 @@ class GatewaySettings(ServiceSettings):
     @property
     def topic_list(self) -> list[str]:
         return self.split(self.topics)
+
+    @property
+    def origin_list(self) -> frozenset[str]:
+        """Origins allowed to use the token cookie, besides the gateway's own."""
+        return frozenset(origin.rstrip("/") for origin in self.split(self.allowed_origins))
+
+    @property
+    def stream_capacity(self) -> int:
+        """Result streams and long-polls the gateway's broker connections can hold."""
+        return self.broker_connections * self.channels_per_connection
 
     @property
     def monitor_clients(self) -> frozenset[str]:

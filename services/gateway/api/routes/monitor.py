@@ -24,8 +24,9 @@ from pydantic import BaseModel, Field
 from colmena_core.queue.monitor import ResultSummary
 
 from ...models import ErrorMessage, MonitoredResult, finite_json
-from ...service import CLIENT_PREFIX, GatewayService
+from ...service import CLIENT_PREFIX, GatewayService, LimitReachedError
 from ..deps import Gateway, MonitorClient, StreamClient, websocket_client
+from .results import refuse_websocket
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
 
@@ -92,6 +93,7 @@ async def watch_results_sse(
             status.HTTP_403_FORBIDDEN, detail="scope=campaign needs a monitoring client"
         )
     copies = _Copies(gateway, client, scope == "campaign")
+    release = gateway.admission.take(client, "stream")  # HTTP 429 beyond the client's limit
 
     async def events() -> AsyncIterator[bytes]:
         with gateway.streams.open(client, "monitor-sse"):
@@ -110,6 +112,7 @@ async def watch_results_sse(
                     )
             finally:
                 unsubscribe()
+                release()
 
     return EventSourceResponse(events(), headers={"Cache-Control": "no-cache"})
 
@@ -122,9 +125,16 @@ async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") ->
     is asked by a client that may not watch the whole campaign.
     """
     gateway: GatewayService = websocket.app.state.gateway
-    await websocket.accept()
     client = websocket_client(websocket)
-    if client is None or not _allowed(gateway, client, scope):
+    try:
+        release = gateway.admission.take(client, "stream") if client else None
+    except LimitReachedError as exc:
+        await refuse_websocket(websocket, gateway, exc)
+        return
+    await websocket.accept()
+    if client is None or release is None or not _allowed(gateway, client, scope):
+        if release is not None:
+            release()
         gateway.metrics.errors.labels("1008").inc()
         reason = "Invalid or missing token" if client is None else "Not a monitoring client"
         await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
@@ -150,6 +160,7 @@ async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") ->
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             unsubscribe()
+            release()
             for task in tasks:
                 task.cancel()
             for task in tasks:
