@@ -155,9 +155,14 @@ class CampaignHistory:
 
     # ------------------------------------------------------------ record
     def _on_result(self, summary: ResultSummary) -> None:  # runs in the monitor's thread
-        result = MonitoredResult.from_summary(summary)
-        result.client = self._client_name(summary.client_id)
-        shown = {**result.model_dump(mode="json"), "seen": time.time()}
+        shown: dict[str, Any] | None
+        try:
+            result = MonitoredResult.from_summary(summary)
+            result.client = self._client_name(summary.client_id)
+            shown = {**result.model_dump(mode="json"), "seen": time.time()}
+        except Exception as exc:  # a value the API cannot show (nested too deep): counted only
+            logger.warning("A result of task %s cannot be shown (%r)", summary.task_id, exc)
+            shown = None
         timings = summary.timings
         latency = None
         if "time_created" in timings and "time_result_sent" in timings:
@@ -178,7 +183,8 @@ class CampaignHistory:
                 bucket.running.append(timings["time_running"])
             if summary.client_id:
                 self._result_queues.setdefault(summary.client_id, set()).add(summary.topic)
-            self._recent.append(shown)
+            if shown is not None:
+                self._recent.append(shown)
 
     def _tick(self) -> None:
         for server in self._servers():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
@@ -27,6 +28,8 @@ from ...models import ErrorMessage, MonitoredResult, finite_json
 from ...service import CLIENT_PREFIX, GatewayService, LimitReachedError
 from ..deps import Gateway, MonitorClient, StreamClient, websocket_client
 from .results import refuse_websocket
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
 
@@ -56,7 +59,11 @@ class _Copies:
     def _put(self, summary: ResultSummary) -> None:
         if self.queue.full():
             self.queue.get_nowait()
-        result = MonitoredResult.from_summary(summary)
+        try:
+            result = MonitoredResult.from_summary(summary)
+        except Exception as exc:  # a value the API cannot show (nested too deep): no copy
+            logger.warning("A result copy of task %s cannot be shown (%r)", summary.task_id, exc)
+            return
         if summary.client_id:
             result.client = summary.client_id.removeprefix(CLIENT_PREFIX)
         self.queue.put_nowait(result)
