@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pika
 import pytest
 from gateway_support import (
     ALICE,
@@ -31,6 +32,9 @@ from gateway_support import (
     wait_until,
 )
 
+from colmena_core.models import Result, SerializationMethod
+from colmena_core.models.wire import encode_result
+from colmena_core.queue.rabbitmq import CampaignNames
 from colmena_core.testing.brokers import ThrowawayCampaign
 
 pytestmark = pytest.mark.timeout(180)
@@ -342,3 +346,60 @@ def test_a_client_that_is_not_a_monitor_sees_its_own_results(
     assert page.input_value("#mode") == "watch"
     assert _rows(page) == 0  # none of the thinker's results
     _assert_layout(page, ["#topbar", "#tiles", "#servers-panel", "#results-panel"])
+
+
+def _dead_letter(gateway: GatewayProcess, body: bytes, reason: str) -> None:
+    """Put ``body`` in the campaign's dead letters, as the broker does with ``reason``."""
+    names = CampaignNames(gateway.env["COLMENA_CAMPAIGN"])
+    connection = pika.BlockingConnection(pika.URLParameters(gateway.env["COLMENA_BROKER_URL"]))
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish(
+            names.dead_exchange,
+            "",
+            body,
+            pika.BasicProperties(delivery_mode=2, headers={"x-first-death-reason": reason}),
+        )
+    finally:
+        connection.close()
+
+
+def _request(a: int, b: int) -> Result:
+    """A request of alice's for ``add``, as the gateway sends it."""
+    request = Result(
+        ((a, b), {}), method="add", topic="default", serialization_method=SerializationMethod.JSON
+    )
+    request.reply_to = "api-alice"
+    request.serialize()
+    return request
+
+
+def test_dead_letters_are_requeued_and_purged_from_the_console(
+    page: Any, gateway: GatewayProcess
+) -> None:
+    kept, requeued = _request(1, 2), _request(40, 2)
+    _dead_letter(gateway, b"not a Colmena message", "rejected")
+    for request in (kept, requeued):
+        _dead_letter(gateway, encode_result(request), "delivery_limit")
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+    _sign_in_from_address(page, gateway)
+    page.wait_for_function("() => document.querySelectorAll('#dead-letters tbody tr').length === 3")
+    page.wait_for_selector("#dead-tile.alarm")
+    assert page.inner_text("#dead") == "3"
+    assert "delivery_limit" in page.inner_text("#dead-letters")
+    _assert_layout(page, ["#tiles", "#results-panel", "#dead-panel"])
+
+    # One request goes back to its queue: it runs, and its result shows in the table
+    page.click(f"#dead-letters tr[data-task-id='{requeued.task_id}'] button:text('requeue')")
+    page.wait_for_selector("#dead-note:text('Requeued 1 dead letter')")
+    row = page.wait_for_selector(f"#results tr.result[data-task-id='{requeued.task_id}']")
+    assert row is not None and "42" in row.inner_text() and "success" in row.inner_text()
+    page.wait_for_function("() => document.querySelectorAll('#dead-letters tbody tr').length === 2")
+
+    # The rest, the undecodable one included, is purged
+    page.click("#dead-purge")
+    page.wait_for_selector("#dead-note:text('Purged 2 dead letter')")
+    page.wait_for_selector("#dead-empty:visible")
+    page.wait_for_function("() => document.getElementById('dead').textContent === '0'")
+    assert page.is_disabled("#dead-purge") and page.is_disabled("#dead-requeue")

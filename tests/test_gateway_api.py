@@ -41,6 +41,8 @@ PROTECTED = [
     ("GET", "/api/v1/status/dead-letters"),
     ("GET", "/api/v1/monitor/sse"),
     ("GET", "/api/v1/monitor/history"),
+    ("POST", "/api/v1/monitor/dead-letters/requeue"),
+    ("POST", "/api/v1/monitor/dead-letters/purge"),
 ]
 
 
@@ -188,6 +190,9 @@ def test_campaign_wide_views_are_for_monitoring_clients_only(client: TestClient)
     assert client.get("/api/v1/status/dead-letters", headers=auth(ALICE)).status_code == 200
     assert client.get("/api/v1/monitor/history", headers=auth(BOB)).status_code == 403
     assert client.get("/api/v1/monitor/history", headers=auth(ALICE)).status_code == 200
+    for action in ("requeue", "purge"):
+        answer = client.post(f"/api/v1/monitor/dead-letters/{action}", headers=auth(BOB), json={})
+        assert answer.status_code == 403
     answer = client.get("/api/v1/monitor/sse", params={"scope": "campaign", "token": BOB})
     assert answer.status_code == 403
     with (

@@ -15,13 +15,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
-from typing import Annotated, Any, Literal
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, WebSocket, status
 from fastapi.sse import KEEPALIVE_COMMENT, EventSourceResponse, format_sse_event
 from pydantic import BaseModel, Field
 
+from colmena_core.exceptions import BrokerConnectionError, TransportError
+from colmena_core.queue import rabbitmq as rabbitmq_admin
 from colmena_core.queue.monitor import ResultSummary
 
 from ...models import ErrorMessage, MonitoredResult, finite_json
@@ -32,6 +34,8 @@ from .results import refuse_websocket
 logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/monitor", tags=["monitor"])
+
+T = TypeVar("T")
 
 Scope = Annotated[
     Literal["own", "campaign"],
@@ -232,3 +236,100 @@ async def campaign_history(
     last hour, the latest results of every client, and results by method (monitoring
     clients only: the whole campaign, not only the gateway's clients)."""
     return gateway.history.snapshot(since)
+
+
+class DeadLetterSelection(BaseModel):
+    """Which dead letters to act on."""
+
+    task_ids: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Only the dead letters of these tasks (default: every one)",
+    )
+
+
+class DeadLettersRequeued(BaseModel):
+    """Dead letters sent back to be delivered again."""
+
+    requeued: int = Field(description="How many were sent back")
+    task_ids: list[str] = Field(description="Their tasks")
+    remaining: int = Field(description="Dead letters left (those that cannot be decoded stay)")
+
+
+class DeadLettersPurged(BaseModel):
+    """Dead letters removed for good."""
+
+    purged: int
+    remaining: int = Field(description="Dead letters left")
+
+
+_DEAD_LETTER_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorMessage, "description": "No valid bearer token"},
+    403: {"model": ErrorMessage, "description": "Only monitoring clients handle dead letters"},
+    502: {"model": ErrorMessage, "description": "The broker refused the operation"},
+    503: {"model": ErrorMessage, "description": "The broker is not available"},
+}
+
+
+async def _admin(function: Callable[..., T], *args: Any) -> T:
+    """Run a blocking admin call of the broker; what the broker refuses is a 502."""
+    try:
+        return await asyncio.to_thread(function, *args)
+    except BrokerConnectionError:
+        raise  # the app answers 503
+    except (TransportError, TimeoutError) as exc:
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY, detail=f"The broker did not do it: {exc!r}"
+        ) from exc
+
+
+async def _remaining(gateway: GatewayService) -> int:
+    depths = await _admin(gateway.monitor.queue_depths, [], None, 5.0)
+    return depths.get(gateway.names.dead_letter_queue, 0)
+
+
+@router.post(
+    "/dead-letters/requeue",
+    response_model=DeadLettersRequeued,
+    responses=_DEAD_LETTER_ERRORS,
+    summary="Requeue dead letters",
+)
+async def requeue_dead_letters(
+    client: MonitorClient, gateway: Gateway, selection: DeadLetterSelection | None = None
+) -> DeadLettersRequeued:
+    """Send the campaign's dead letters (or those of some tasks) back where they came from:
+    a request to its method's queue, a result to its client. Messages that cannot be
+    decoded stay (monitoring clients only)."""
+    settings = gateway.settings
+    sent = await _admin(
+        rabbitmq_admin.requeue_dead_letters,
+        settings.broker_url,
+        settings.campaign,
+        selection.task_ids if selection else None,
+    )
+    return DeadLettersRequeued(
+        requeued=len(sent),
+        task_ids=[letter.task_id for letter in sent if letter.task_id],
+        remaining=await _remaining(gateway),
+    )
+
+
+@router.post(
+    "/dead-letters/purge",
+    response_model=DeadLettersPurged,
+    responses=_DEAD_LETTER_ERRORS,
+    summary="Purge dead letters",
+)
+async def purge_dead_letters(
+    client: MonitorClient, gateway: Gateway, selection: DeadLetterSelection | None = None
+) -> DeadLettersPurged:
+    """Remove the campaign's dead letters (or those of some tasks) for good (monitoring
+    clients only)."""
+    settings = gateway.settings
+    purged = await _admin(
+        rabbitmq_admin.purge_dead_letters,
+        settings.broker_url,
+        settings.campaign,
+        selection.task_ids if selection else None,
+    )
+    return DeadLettersPurged(purged=purged, remaining=await _remaining(gateway))
