@@ -295,7 +295,7 @@ class GatewayClient:
             GatewayError: the gateway refused the token (close code 1008)
             TimeoutError: no result within ``idle_timeout`` seconds
         """
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
         from websockets.sync.client import connect
 
         url = self._stream_url("/results/ws", ack="client", topic=list(topics or []) or None)
@@ -334,6 +334,14 @@ class GatewayClient:
                     raise GatewayError(401, exc.rcvd.reason) from None
                 if not reconnect:
                     raise
+            except InvalidStatus as exc:  # refused before opening: 429/503 say when to retry
+                response = exc.response
+                if response.status_code not in _RETRIED or not reconnect:
+                    raise GatewayError(
+                        response.status_code, _detail(bytes(response.body))
+                    ) from None
+                _sleep_retry_after(response.headers.get("Retry-After"), remaining())
+                continue
             except (OSError, InvalidHandshake):
                 if not reconnect:
                     raise
@@ -379,6 +387,10 @@ class GatewayClient:
                     params=params,
                     timeout=httpx.Timeout(self.timeout, read=read_timeout),
                 ) as response:
+                    if response.status_code in _RETRIED and reconnect:
+                        check_idle()
+                        _sleep_retry_after(response.headers.get("Retry-After"), read_timeout)
+                        continue
                     if response.status_code >= 400:
                         response.read()
                         raise GatewayError(
@@ -413,3 +425,25 @@ class GatewayClient:
                     raise
             check_idle()
             backoff.sleep()
+
+
+def _detail(body: bytes | None) -> Any:
+    """The ``detail`` of a JSON error body (the body as text if it is not one)."""
+    try:
+        return json.loads(body or b"{}").get("detail")
+    except (ValueError, AttributeError):
+        return (body or b"").decode(errors="replace")
+
+
+_RETRIED = frozenset({429, 503})
+"""Refusals of a stream that a reconnecting client waits out (too many streams open, the
+gateway full or the broker away): the answer's ``Retry-After`` says how long."""
+
+
+def _sleep_retry_after(value: str | None, at_most: float | None) -> None:
+    """Sleep as long as a ``Retry-After`` header says (seconds; 1 s if absent or a date)."""
+    try:
+        wait = max(float(value or 1.0), 0.0)
+    except ValueError:
+        wait = 1.0
+    time.sleep(wait if at_most is None else min(wait, at_most))

@@ -36,6 +36,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from colmena_core.testing.brokers import ThrowawayCampaign
+from colmena_services.client import GatewayClient, GatewayError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -209,6 +210,23 @@ def attack(gateway: GatewayProcess, bob: ClientConnection) -> None:
     )
     task = submit(gateway, BOB, "add", 4, 5)
     assert receive_result(bob)["task_id"] == task
+
+
+def test_the_python_client_waits_for_a_free_stream(gateway: GatewayProcess) -> None:
+    extra = ws_url(gateway, CAROL) + "&topic=extra"  # these take none of the results below
+    with GatewayClient(gateway.base_url, CAROL) as carol, contextlib.ExitStack() as sockets:
+        for _ in range(STREAMS_PER_CLIENT):
+            sockets.enter_context(connect(extra, open_timeout=WAIT))
+        with pytest.raises(GatewayError) as refused:
+            next(carol.stream_results(idle_timeout=WAIT, reconnect=False))
+        assert refused.value.status_code == 429
+        assert "COLMENA_MAX_STREAMS_PER_CLIENT" in refused.value.detail
+        task = carol.submit("add", 20, 22)
+        stream = carol.stream_results(idle_timeout=WAIT, topics=["default"])
+        threading.Timer(1.0, sockets.close).start()  # while the client waits out its 429s
+        result = next(stream)
+        assert result["task_id"] == task and result["value"] == 42
+        stream.close()
 
 
 def test_long_polls_are_limited_per_client(gateway: GatewayProcess) -> None:
