@@ -155,20 +155,25 @@ def _rows(page: Any, where: str = "") -> int:
     return int(page.locator(f"#results tbody tr.result{where}:visible").count())
 
 
-def _drawn(page: Any, canvas: str, colour: str) -> int:
-    """Pixels of ``canvas`` close to ``colour`` (a CSS hex colour or variable)."""
+def _drawn(page: Any, canvas: str, colour: str = "") -> int:
+    """Pixels of the plot area of ``canvas`` (below its legend) close to ``colour`` (a CSS
+    hex colour or variable; by default any colour of the charts' palette)."""
     return int(
         page.evaluate(
             """([id, colour]) => {
                 if (colour.startsWith("--")) colour = getComputedStyle(
                     document.documentElement).getPropertyValue(colour).trim();
-                const want = [1, 3, 5].map((i) => parseInt(colour.slice(i, i + 2), 16));
+                const rgb = (c) => [1, 3, 5].map((i) => parseInt(c.slice(i, i + 2), 16));
+                const wanted = (colour ? [colour] : Charts.PALETTE).map(rgb);
                 const canvas = document.getElementById(id);
+                const ratio = canvas.width / canvas.clientWidth;
+                const top = Math.ceil(canvas.chart.plot.top * ratio);
                 const data = canvas.getContext("2d").getImageData(
-                    0, 0, canvas.width, canvas.height).data;
+                    0, top, canvas.width, canvas.height - top).data;
                 let count = 0;
                 for (let i = 0; i < data.length; i += 4) {
-                    if (data[i + 3] > 200 && want.every((v, k) => Math.abs(data[i + k] - v) < 24))
+                    if (data[i + 3] > 200 && wanted.some(
+                        (want) => want.every((v, k) => Math.abs(data[i + k] - v) < 24)))
                         count += 1;
                 }
                 return count;
@@ -269,7 +274,7 @@ def test_the_console_shows_the_whole_campaign(
     assert _drawn(page, "chart-throughput", "--ok") > 30
     assert _drawn(page, "chart-throughput", "--bad") > 10
     for chart in CHARTS[1:]:
-        assert _drawn(page, chart, "#4e79a7") > 20, f"{chart} has no line"
+        assert _drawn(page, chart) > 8, f"{chart} shows no data"
     assert page.inner_text("#servers-count") == "1"
     assert "nap" in page.inner_text("#servers")
 

@@ -185,7 +185,7 @@ const Charts = (() => {
         if (last) { // a dot on the latest value
           g.fillStyle = s.color;
           g.beginPath();
-          g.arc(x(last[0]), y(last[1]), 2.5, 0, 2 * Math.PI);
+          g.arc(x(last[0]), y(last[1]), 3, 0, 2 * Math.PI);
           g.fill();
         }
       }
