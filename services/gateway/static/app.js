@@ -206,7 +206,7 @@ function applyStatus(status) {
   $("servers-count").textContent = status.servers.length;
   const capacity = status.servers.reduce((total, s) => total + (s.capacity || 0), 0);
   $("in-flight").textContent = status.tasks_in_flight;
-  $("capacity").textContent = capacity ? `of ${capacity} workers` : "";
+  $("capacity").textContent = capacity ? `${capacity} workers` : "";
   $("queued").textContent = sum(status.tasks_queued);
   $("waiting").textContent = sum(status.results_waiting);
   $("waiting-for").textContent = `for client ${status.client}`;
@@ -217,7 +217,7 @@ function applyStatus(status) {
   const now = Date.now() / 1000;
   for (const server of status.servers) {
     const row = document.createElement("tr");
-    cell(row, server.server_id, "mono");
+    cell(row, server.server_id, "mono nowrap");
     cell(row, server.hostname || "");
     cell(row, server.methods.join(", "));
     cell(row, `${server.in_flight ?? "?"} / ${server.capacity ?? "?"}`, "num");
@@ -345,7 +345,8 @@ function drawCharts() {
       name: id,
       values: points.map((p) => {
         const s = p.servers[id];
-        return [p.time, s && s.capacity ? (100 * (s.in_flight || 0)) / s.capacity : null];
+        // In flight counts the tasks a server holds, running or about to: at most all busy
+        return [p.time, s && s.capacity ? (100 * Math.min(s.in_flight || 0, s.capacity)) / s.capacity : null];
       }),
     })),
     format: (v) => `${Math.round(v)}%`,
