@@ -17,8 +17,8 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import pika
 
@@ -27,6 +27,8 @@ from colmena_core.models.wire import encode_result
 from colmena_core.queue.amqp import ChannelClosedError
 from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize_result
 from colmena_core.queue.rabbitmq import DEFAULT_DELIVERY_LIMIT, CampaignNames, CampaignTopology
+from colmena_core.queue.rabbitmq.admin import dead_letters_over, queue_depths_over
+from colmena_core.queue.rabbitmq.topology import REASON_HEADER, ROUTING_KEY_HEADER
 
 from .broker import BrokerBusyError, BrokerLink, BrokerUnavailableError, Delivery, Subscription
 from .history import CampaignHistory
@@ -50,11 +52,10 @@ CLIENT_PREFIX = "api-"
 """Client IDs of API clients on the broker are this prefix and the client's name."""
 
 
-REASON_HEADER = "colmena-reason"
-"""Header of a dead letter saying why (the one :func:`list_dead_letters` reads)."""
+ADMIN_CALLS = 4
+"""Admin calls (queue depths, dead letters) run at once over the publishing connection."""
 
-ROUTING_KEY_HEADER = "colmena-routing-key"
-"""Header of a dead letter with the routing key it had."""
+T = TypeVar("T")
 
 
 class TopicError(ValueError):
@@ -270,6 +271,7 @@ class GatewayService:
             channels_per_link=settings.channels_per_connection,
         )
         self.admission = Admission(settings)
+        self._admin_calls = asyncio.Semaphore(ADMIN_CALLS)
         self.topology = CampaignTopology(self.link.amqp, self.names, DEFAULT_DELIVERY_LIMIT)
         self.monitor = CampaignMonitor(
             settings.broker_url, settings.campaign, default_ttl=settings.server_ttl
@@ -518,6 +520,12 @@ class GatewayService:
             for method, ids in self.monitor.methods().items()
         ]
 
+    async def _admin(self, call: Coroutine[Any, Any, T], timeout: float = 5.0) -> T:
+        """Run an admin call over the gateway's publishing connection (no connection of
+        its own), a few at once: each takes a channel while it runs."""
+        async with self._admin_calls:
+            return await asyncio.wait_for(call, timeout)
+
     async def status(self, client: str) -> CampaignStatus:
         """The state of the campaign, as ``client`` may see it."""
         servers = self.monitor.servers()
@@ -525,13 +533,9 @@ class GatewayService:
         client_id = self.client_id(client)
         depths: dict[str, int] = {}
         if self.link.connected:
+            queues = self.names.shared_queues([m.name for m in methods], {client_id: self.topics})
             try:
-                depths = await asyncio.to_thread(
-                    self.monitor.queue_depths,
-                    [m.name for m in methods],
-                    {client_id: self.topics},
-                    5.0,
-                )
+                depths = await self._admin(queue_depths_over(self.link.amqp, queues))
             except Exception as exc:  # the status still shows what the heartbeats tell
                 logger.warning("Could not read the queue depths: %r", exc)
         return CampaignStatus(
@@ -556,7 +560,11 @@ class GatewayService:
 
     async def dead_letters(self, limit: int) -> list[DeadLetterInfo]:
         """The oldest dead letters of the campaign, left in place."""
-        letters = await asyncio.to_thread(self.monitor.dead_letters, limit, 5.0)
+        try:
+            letters = await self._admin(dead_letters_over(self.link.amqp, self.names, limit))
+        except Exception as exc:
+            logger.warning("Could not read the dead letters: %r", exc)
+            raise BrokerUnavailableError(f"Could not read the dead letters: {exc}") from None
         return [
             DeadLetterInfo(
                 reason=letter.reason,
