@@ -18,6 +18,8 @@ const state = {
   timers: [],
   reconnect: null,
   rows: new Map(),
+  deadListed: 0,
+  deadListedAt: 0,
   history: { points: [], now: 0, started: 0, interval: 2, methods: {} },
 };
 
@@ -154,7 +156,9 @@ async function signIn(token) {
   state.timers.push(setInterval(refreshStatus, 2000));
   if (state.monitor) {
     state.timers.push(setInterval(refreshHistory, 2000));
-    state.timers.push(setInterval(refreshDeadLetters, 5000));
+    // Listing dead letters takes them from their queue for a moment: do it when their count
+    // changes (at most every 5 s), every 30 s, and when asked
+    state.timers.push(setInterval(refreshDeadLetters, 30000));
     refreshDeadLetters();
   }
   openStream();
@@ -211,6 +215,10 @@ function applyStatus(status) {
   $("waiting").textContent = sum(status.results_waiting);
   $("waiting-for").textContent = `for client ${status.client}`;
   $("dead").textContent = status.dead_letters;
+  const listable = Math.min(status.dead_letters, 100); // the list shows the oldest 100
+  if (state.monitor && listable !== state.deadListed && Date.now() - state.deadListedAt > 5000) {
+    refreshDeadLetters();
+  }
   $("dead-tile").classList.toggle("alarm", status.dead_letters > 0);
   const body = $("servers").querySelector("tbody");
   body.replaceChildren();
@@ -481,6 +489,7 @@ function changeMode() {
 
 // ----------------------------------------------------------------------- dead letters
 async function refreshDeadLetters() {
+  state.deadListedAt = Date.now();
   let answer;
   try {
     answer = await api("/status/dead-letters?limit=100");
@@ -489,6 +498,7 @@ async function refreshDeadLetters() {
     return;
   }
   const letters = answer.dead_letters;
+  state.deadListed = letters.length;
   const body = $("dead-letters").querySelector("tbody");
   body.replaceChildren();
   for (const letter of letters) {
