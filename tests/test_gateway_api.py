@@ -8,6 +8,7 @@ in ``test_gateway_e2e.py``.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 from gateway_methods import add, echo, fail
 from gateway_support import ALICE, BOB, TOKENS, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.websockets import WebSocketDisconnect
 
@@ -24,6 +27,7 @@ from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.local import LocalTaskServer
 from colmena_core.testing.brokers import ThrowawayCampaign
 from colmena_services.gateway.app import create_app
+from colmena_services.gateway.guard import scan_json
 from colmena_services.gateway.models import TaskResult
 from colmena_services.gateway.settings import GatewaySettings
 
@@ -513,3 +517,32 @@ def test_long_poll_without_waiting_returns_what_is_ready(client: TestClient) -> 
     )
     answer = client.get("/api/v1/results", params={"timeout": 0}, headers=auth(BOB))
     assert [r["task_id"] for r in answer.json()["results"]] == [task_id]
+
+
+# ------------------------------------------------------------- body shape
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+def nesting(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((nesting(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((nesting(item) for item in value.values()), default=0)
+    return 0
+
+
+@given(value=JSON_VALUES, ascii_only=st.booleans(), tasks=st.integers(1, 50))
+@settings(max_examples=300, deadline=None)
+def test_the_shape_of_json_is_read_from_its_bytes(value: Any, ascii_only: bool, tasks: int) -> None:
+    # Strings full of brackets, quotes and backslashes do not count
+    body = json.dumps(value, ensure_ascii=ascii_only).encode()
+    assert scan_json(body).depth == nesting(value)
+    batch = json.dumps({"tasks": [value] * tasks}, ensure_ascii=ascii_only).encode()
+    assert scan_json(batch).items == tasks
+    assert scan_json(batch).depth == 2 + nesting(value)

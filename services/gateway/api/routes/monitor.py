@@ -155,10 +155,11 @@ async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") ->
     async def forward() -> None:
         while True:
             result = await copies.get(15.0)
-            if result is not None:
-                await websocket.send_text(
-                    json.dumps({"type": "result", "result": result.model_dump(mode="json")})
-                )
+            if result is not None:  # a watcher that stops reading is let go (bounded)
+                async with asyncio.timeout(gateway.settings.send_timeout):
+                    await websocket.send_text(
+                        json.dumps({"type": "result", "result": result.model_dump(mode="json")})
+                    )
 
     async def until_closed() -> None:
         while (await websocket.receive())["type"] != "websocket.disconnect":
@@ -177,8 +178,8 @@ async def watch_results_websocket(websocket: WebSocket, scope: Scope = "own") ->
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-    with contextlib.suppress(Exception):
-        await websocket.close()
+    with contextlib.suppress(Exception):  # a stuck socket takes no close frame
+        await asyncio.wait_for(websocket.close(), 5.0)
 
 
 class HistoryPoint(BaseModel):
