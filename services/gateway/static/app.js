@@ -141,12 +141,12 @@ async function signIn(token) {
     applyHistory(await api("/monitor/history"), true);
     state.monitor = true;
   } catch (error) {
-    state.monitor = false;
-    if (error.status === 403) {
-      $("not-monitor").textContent =
-        `Client ${state.client || ""} sees its own results only. The campaign's charts, ` +
-        "methods and dead letters need a monitoring client (COLMENA_GATEWAY_MONITORS).";
-    }
+    // 403: not a monitoring client. Anything else passes: the history is asked again soon
+    state.monitor = error.status !== 403;
+    if (state.monitor) showAlert("status-error", `History unavailable (${error.message})`);
+    $("not-monitor").textContent =
+      `Client ${state.client || ""} sees its own results only. The campaign's charts, ` +
+      "methods and dead letters need a monitoring client (COLMENA_GATEWAY_MONITORS).";
   }
   document.body.classList.toggle("monitor", state.monitor);
   $("whoami").textContent = `client ${state.client}${state.monitor ? " · monitor" : ""}`;
