@@ -43,6 +43,7 @@ from colmena_core.queue.rabbitmq import (
     requeue_dead_letters,
 )
 from colmena_core.queue.rabbitmq.monitor import CampaignMonitor, HeartbeatPublisher
+from colmena_core.security import SECRET_VARIABLE, new_secret
 from colmena_core.testing.brokers import ThrowawayCampaign
 from colmena_core.testing.task_servers import (
     LocalServerStarter,
@@ -399,8 +400,9 @@ def _queue_exists(url: str, queue: str) -> bool:
 
 
 def test_stopped_task_server_deletes_its_private_queues_quietly(
-    campaign: ThrowawayCampaign, caplog: pytest.LogCaptureFixture
+    campaign: ThrowawayCampaign, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv(SECRET_VARIABLE, new_secret())  # no warning about unsigned messages
     thinker, server = campaign.queues(methods=["add"]), campaign.queues(methods=["add"])
     server.set_role("server")
     server.prepare_server(["add"])

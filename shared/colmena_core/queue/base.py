@@ -22,10 +22,12 @@ from typing import Any
 from proxystore.store.utils import get_key
 
 from colmena_core.exceptions import (
+    BrokerConnectionError,
     MessageAuthenticationError,
     MessageDecodeError,
     MessageTooLargeError,
     TimeoutException,
+    TransportError,
 )
 from colmena_core.models import ResourceRequirements, Result, SerializationMethod
 from colmena_core.models.results import MAX_RETRIES
@@ -246,8 +248,14 @@ class ColmenaQueues(ABC):
         topic: str = "default",
         task_info: dict[str, Any] | None = None,
         max_retries: int = 0,
+        wait_confirmed: float | None = None,
     ) -> str:
         """Send a task request.
+
+        On transports that confirm messages asynchronously (RabbitMQ), the request may still
+        be on its way to the broker when this returns: pass ``wait_confirmed`` to return
+        only once the broker holds it, or call :meth:`wait_until_confirmed` after sending
+        many. A thinker that stops without either may lose the requests not yet confirmed.
 
         Args:
             *input_args: Positional arguments to the function
@@ -259,8 +267,15 @@ class ColmenaQueues(ABC):
             resources: Suggestions for how many resources to use for the task
             task_info: Any information used for task tracking, returned with the result
             max_retries: Re-run the task up to this many times if it fails
+            wait_confirmed: Seconds to wait until the transport confirms that it holds the
+                request (``None``: do not wait)
         Returns:
             Task ID
+        Raises:
+            ValueError: a value breaks a limit (the message names the field and the limit)
+            MessageTooLargeError: the task is larger than the transport carries
+            TransportError: the request was refused, or not confirmed within
+                ``wait_confirmed`` seconds (it may still arrive; its result would follow)
         """
         self._check_role(QueueRole.CLIENT, "send_inputs")
         self._check_topic(topic)
@@ -312,15 +327,38 @@ class ColmenaQueues(ABC):
             with self._active_lock:
                 self._input_proxies[result.task_id] = (store_name, [get_key(p) for p in proxies])
         try:
-            self._send_request(message, method, topic)
+            self._send_request(message, method, topic, task_id=result.task_id)
         except BaseException:
             with self._active_lock:
                 self._active_tasks.pop(result.task_id, None)
                 if not self._active_tasks:
                     self._all_complete.set()
             raise
+        if wait_confirmed is not None:
+            try:
+                confirmed = self._wait_confirmed(result.task_id, wait_confirmed)
+            except TransportError:  # refused: no result will come but this error
+                self._mark_received(result.task_id)
+                raise
+            if not confirmed:
+                raise BrokerConnectionError(
+                    f"The request of task {result.task_id} was not confirmed within "
+                    f"{wait_confirmed} s; it may still arrive"
+                )
         logger.debug("Client sent a %s task with topic %s", method, topic)
         return result.task_id
+
+    def wait_until_confirmed(self, timeout: float | None = None) -> bool:
+        """Wait until the transport confirmed every request sent so far (see
+        :meth:`send_inputs`): once it returns ``True``, a thinker may stop without losing
+        any of them.
+
+        Returns:
+            Whether they were all confirmed (or refused, each with a failure result) within
+            ``timeout`` seconds
+        """
+        self._check_role(QueueRole.CLIENT, "wait_until_confirmed")
+        return self._wait_confirmed(None, timeout)
 
     def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
         """Get a result: the outcome of a task, or an intermediate result of a running one.
@@ -494,14 +532,27 @@ class ColmenaQueues(ABC):
         )
 
     # -------------------------------------------------------------- transport
+    def _wait_confirmed(self, task_id: str | None, timeout: float | None) -> bool:
+        """Wait until the transport holds the request of ``task_id`` (``None``: every request
+        sent so far). Transports that hand a request over before returning from
+        :meth:`_send_request` (pipes, Redis) are always done.
+
+        Raises:
+            TransportError: the request of ``task_id`` was refused
+        """
+        return True
+
     def _reply_address(self) -> str | None:
         """Where results of this client's tasks go, for transports that route them
         (carried in each request as :attr:`Result.reply_to`)."""
         return None
 
     @abstractmethod
-    def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
-        """Deliver an encoded task request to the task servers serving ``method``."""
+    def _send_request(
+        self, message: bytes, method: str | None, topic: str, task_id: str = ""
+    ) -> None:
+        """Deliver an encoded task request (of task ``task_id``) to the task servers serving
+        ``method``."""
 
     @abstractmethod
     def _get_request(self, timeout: float | None) -> Result:

@@ -237,7 +237,9 @@ class PipeQueues(ColmenaQueues):
 
     _LOCAL_STATE = (*ColmenaQueues._LOCAL_STATE, "_directory_finalizer")
 
-    def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
+    def _send_request(
+        self, message: bytes, method: str | None, topic: str, task_id: str = ""
+    ) -> None:
         self._requests.send(message)
 
     def _get_request(self, timeout: float | None) -> Result:

@@ -290,7 +290,9 @@ class RedisQueues(ColmenaQueues):
             self._unreachable(exc)
 
     # -------------------------------------------------------------- transport
-    def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
+    def _send_request(
+        self, message: bytes, method: str | None, topic: str, task_id: str = ""
+    ) -> None:
         self._push(self._requests_key, message)
 
     def _get_request(self, timeout: float | None) -> Result:

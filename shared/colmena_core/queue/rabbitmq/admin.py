@@ -24,10 +24,9 @@ from colmena_core.queue.amqp import AmqpLink, ChannelClosedError, Publication
 from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Role
 from colmena_core.queue.rabbitmq.names import CampaignNames
 from colmena_core.queue.rabbitmq.topology import (
-    LEASE_HEADER,
+    ERROR_HEADER,
     REASON_HEADER,
     ROUTING_KEY_HEADER,
-    TASK_HEADER,
     copy_properties,
 )
 
@@ -56,7 +55,8 @@ class DeadLetter:
 
     body: bytes
     reason: str
-    """``rejected`` (undecodable), ``delivery_limit``, ``expired`` or ``unroutable-result``"""
+    """``rejected`` (undecodable), ``unauthenticated`` (unsigned or badly signed),
+    ``delivery_limit``, ``expired`` or ``unroutable-result``"""
     queue: str | None
     """Queue the message was taken from, if it was dead-lettered by the broker"""
     routing_keys: list[str]
@@ -64,7 +64,7 @@ class DeadLetter:
     task_id: str | None
     method: str | None
     error: str | None
-    """Why the message could not be decoded, if it cannot"""
+    """Why the message was dead-lettered or cannot be decoded, if known"""
     headers: dict[str, Any]
 
 
@@ -81,6 +81,8 @@ def _dead_letter(body: bytes, properties: Any) -> DeadLetter:
         task_id, method, error = header.task_id, header.method, None
     except MessageDecodeError as exc:
         task_id, method, error = None, None, str(exc)
+    if headers.get(ERROR_HEADER):
+        error = str(headers[ERROR_HEADER])
     return DeadLetter(
         body=body,
         reason=reason,
@@ -164,8 +166,8 @@ def _destination(names: CampaignNames, letter: DeadLetter) -> tuple[str, str] | 
     if letter.reason == "unroutable-result":
         key = letter.headers.get(ROUTING_KEY_HEADER)
         return (names.results_exchange, str(key)) if key else None
-    if letter.error is not None:
-        return None  # not a Colmena message: nothing would take it
+    if letter.task_id is None or letter.reason == "unauthenticated":
+        return None  # not a message of the campaign: nothing would take it
     return names.requests_exchange, letter.method or (letter.routing_keys or [""])[0]
 
 
@@ -199,10 +201,7 @@ async def requeue_dead_letters_over(
             if destination is None:
                 continue
             headers = {
-                k: v
-                for k, v in letter.headers.items()
-                if not k.startswith("x-")
-                and k not in (REASON_HEADER, ROUTING_KEY_HEADER, TASK_HEADER, LEASE_HEADER)
+                k: v for k, v in letter.headers.items() if not k.startswith(("x-", "colmena-"))
             }
             confirmed: asyncio.Future[bool] = loop.create_future()
             link.publish(

@@ -13,6 +13,7 @@ This module must not decode payloads; it reads headers only to build failures.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -23,13 +24,22 @@ from typing import Any
 
 import pika
 
-from colmena_core.exceptions import MessageTooLargeError
+from colmena_core.exceptions import (
+    MessageAuthenticationError,
+    MessageDecodeError,
+    MessageTooLargeError,
+    TransportError,
+)
 from colmena_core.models import Result
-from colmena_core.models.wire import MessageDecodeError, decode_result
+from colmena_core.models.wire import decode_result
 from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
 from colmena_core.queue.rabbitmq.bridge import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.names import CampaignNames
-from colmena_core.queue.rabbitmq.topology import CampaignTopology, request_properties
+from colmena_core.queue.rabbitmq.topology import (
+    CampaignTopology,
+    dead_letter,
+    request_properties,
+)
 from colmena_core.security import MessageSigner
 
 __all__ = ["ClientRole", "ClientSettings", "refusal"]
@@ -78,6 +88,9 @@ class ClientRole(Role):
         self.names = settings.names
         self.inboxes: dict[str, Inbox[Delivery | Result]] = {t: Inbox() for t in settings.topics}
         self._want_results = threading.Event()
+        self._confirmations: dict[str, concurrent.futures.Future[bool]] = {}
+        """Requests waiting for the broker's confirmation (refused ones until waited for)."""
+        self._confirmations_lock = threading.Lock()
         self.serves_only = False
         """Set for a task server's queues: no result queues of its own to declare."""
         self._consuming: ConnectionState | None = None
@@ -86,10 +99,13 @@ class ClientRole(Role):
         self._housekeeper: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------- caller threads
-    def send_request(self, message: bytes, method: str | None) -> None:
+    def send_request(self, task_id: str, message: bytes, method: str | None) -> None:
         """Publish a request (waits for room among unconfirmed messages, not for its confirm)."""
         bridge = self.bridge
         bridge.wait_ready(self)
+        confirmed: concurrent.futures.Future[bool] = concurrent.futures.Future()
+        with self._confirmations_lock:
+            self._confirmations[task_id] = confirmed
         publish = Outgoing(
             self.names.requests_exchange,
             method or "",
@@ -97,8 +113,44 @@ class ClientRole(Role):
             request_properties(self.settings.client_id, method),
             budget=len(message),
         )
-        publish.on_failed = partial(self._request_refused, publish)
-        bridge.publish(publish, self.settings.publish_timeout)
+        publish.on_confirm = partial(self._request_confirmed, task_id, confirmed)
+        publish.on_failed = partial(self._request_refused, task_id, confirmed, publish)
+        try:
+            bridge.publish(publish, self.settings.publish_timeout)
+        except BaseException:
+            with self._confirmations_lock:
+                self._confirmations.pop(task_id, None)
+            raise
+
+    def wait_confirmed(self, task_id: str | None, timeout: float | None) -> bool:
+        """Wait for the confirmation of one request (``None``: of every one sent so far).
+
+        Raises:
+            TransportError: the request of ``task_id`` was refused
+        """
+        if task_id is None:  # everything this process published on the connection so far
+            deadline = None if timeout is None else time.monotonic() + timeout
+            link = self.bridge.link
+            if not self.bridge.run(link.wait_confirmed(timeout or 1e9), None):
+                return False
+            with self._confirmations_lock:
+                waiting = list(self._confirmations.values())
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            _, pending = concurrent.futures.wait(waiting, remaining)
+            return not pending
+        with self._confirmations_lock:
+            confirmed = self._confirmations.get(task_id)
+        if confirmed is None:
+            return True  # confirmed already
+        try:
+            confirmed.result(timeout)
+        except concurrent.futures.TimeoutError:
+            return False
+        finally:
+            if confirmed.done():
+                with self._confirmations_lock:
+                    self._confirmations.pop(task_id, None)
+        return True
 
     def take_result(self, topic: str, timeout: float | None) -> Delivery | Result:
         """The next result of ``topic``: a delivery (to acknowledge) or a local failure."""
@@ -110,6 +162,11 @@ class ClientRole(Role):
     def ack(self, delivery: Delivery) -> None:
         self.bridge.call(delivery.settle, True)
 
+    def reject(self, delivery: Delivery, error: MessageDecodeError) -> None:
+        """Dead-letter a result that cannot be taken, saying why."""
+        reason = "unauthenticated" if isinstance(error, MessageAuthenticationError) else "rejected"
+        self.bridge.call(dead_letter, self.bridge, self.names, delivery, reason, str(error))
+
     def want_results(self) -> None:
         """Start consuming this client's result queues (idempotent)."""
         if self._want_results.is_set():
@@ -117,12 +174,12 @@ class ClientRole(Role):
         self._want_results.set()
         self.bridge.call(self._consume_if_needed)
 
-    def send_kill_signal(self) -> None:
+    def send_kill_signal(self, message: bytes) -> None:
         bridge = self.bridge
         bridge.wait_ready(self)
         properties = pika.BasicProperties(delivery_mode=2, type="kill", timestamp=int(time.time()))
         bridge.publish(
-            Outgoing(self.names.control_exchange, "", b"kill", properties, barrier=True),
+            Outgoing(self.names.control_exchange, "", message, properties, barrier=True),
             self.settings.publish_timeout,
             wait=True,
         )
@@ -200,10 +257,28 @@ class ClientRole(Role):
         for inbox in self.inboxes.values():
             inbox.remove_if(lambda item: isinstance(item, Delivery) and item.state is state)
 
-    def _request_refused(self, publish: Outgoing, error: BaseException) -> None:
+    def _request_confirmed(
+        self, task_id: str, confirmed: concurrent.futures.Future[bool], returned: bool
+    ) -> None:
+        with self._confirmations_lock:
+            self._confirmations.pop(task_id, None)
+        if not confirmed.done():
+            confirmed.set_result(returned)
+
+    def _request_refused(
+        self,
+        task_id: str,
+        confirmed: concurrent.futures.Future[bool],
+        publish: Outgoing,
+        error: BaseException,
+    ) -> None:
         """Give the sender a failure result for a request the broker does not take."""
+        if not confirmed.done():
+            confirmed.set_exception(
+                error if isinstance(error, TransportError) else TransportError(str(error))
+            )
         if not isinstance(error, PublishRefusedError):
-            return
+            return  # the connection closed for good: a waiter learns it, nobody else can
         failure = refusal(publish.body, error, self.signer)
         if failure is None:
             return

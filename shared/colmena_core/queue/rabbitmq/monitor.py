@@ -35,8 +35,10 @@ from typing import Any
 
 import pika
 
+from colmena_core.exceptions import MessageDecodeError
 from colmena_core.models import SerializationMethod
-from colmena_core.models.wire import MessageDecodeError, decode_result
+from colmena_core.models.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
+from colmena_core.models.wire import SIGNED_MAGIC, decode_result, is_signed
 from colmena_core.queue.rabbitmq.admin import (
     DeadLetter,
     dead_letters_over,
@@ -46,6 +48,7 @@ from colmena_core.queue.rabbitmq.admin import (
 )
 from colmena_core.queue.rabbitmq.bridge import BrokerConnection, ConnectionState, Outgoing, Role
 from colmena_core.queue.rabbitmq.names import CampaignNames, unescape_word
+from colmena_core.security import TAG_BYTES, MessageSigner, load_secret
 
 __all__ = [
     "CampaignMonitor",
@@ -140,16 +143,23 @@ def _json_or_none(payload: Any) -> tuple[Any, bool]:
         return None, False
 
 
-def summarize_result(message: bytes, routing_key: str | None = None) -> ResultSummary:
+def summarize_result(
+    message: bytes, routing_key: str | None = None, signer: MessageSigner | None = None
+) -> ResultSummary:
     """Describe an encoded result (see :mod:`colmena_core.models.wire`), never unpickling it.
 
     Args:
         message: The bytes of the message
         routing_key: Routing key it was published with, to tell the client it is for
+        signer: The campaign's signer: the signature is checked first (``None``: a signature
+            is ignored, for display only)
     Raises:
+        MessageAuthenticationError: unsigned or badly signed, with a signer
         MessageDecodeError: the bytes are not a Colmena message
     """
-    result = decode_result(message)
+    if signer is None and is_signed(message):
+        message = message[len(SIGNED_MAGIC) + 1 + TAG_BYTES :]
+    result = decode_result(message, signer)
     is_json = result.serialization_method is SerializationMethod.JSON
     value: Any = None
     displayable = False
@@ -263,11 +273,21 @@ class HeartbeatPublisher:
         url: Broker URL
         campaign: Name of the campaign
         connect_timeout: Seconds to wait for the broker on each connection attempt
+        secret: Campaign secret that signs the heartbeats (default: from the environment,
+            see :func:`colmena_core.security.load_secret`)
     """
 
-    def __init__(self, url: str, campaign: str, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        campaign: str,
+        connect_timeout: float = 10.0,
+        secret: str | bytes | None = None,
+    ) -> None:
         self.url = url
         self.campaign = campaign
+        loaded = load_secret(secret)
+        self.signer = None if loaded is None else MessageSigner(loaded)
         self.exchange = CampaignNames(campaign).heartbeats_exchange
         self.connect_timeout = connect_timeout
         self._changed = threading.Condition()
@@ -296,12 +316,13 @@ class HeartbeatPublisher:
         published after it (by a heartbeat thread that has not noticed yet) are ignored.
 
         Raises:
-            ValueError: ``ttl`` is not positive, or the status is not JSON-compatible
+            ValueError: ``ttl`` or the status break the limits of a
+                :class:`~colmena_core.models.heartbeat.Heartbeat`
             RuntimeError: the publisher is closed
         """
         if not ttl > 0:
             raise ValueError(f"The time to live of a heartbeat must be positive, not {ttl}")
-        body = json.dumps({**status, "ttl": ttl}).encode()
+        body = encode_heartbeat(Heartbeat.model_validate({**status, "ttl": ttl}), self.signer)
         with self._changed:
             if self._closing:
                 raise RuntimeError("The heartbeat publisher is closed")
@@ -472,8 +493,11 @@ class CampaignMonitor:
     Args:
         url: Broker URL
         campaign: Name of the campaign
-        default_ttl: Seconds a task server is kept after a heartbeat that gives no TTL
+        default_ttl: Kept for compatibility: every heartbeat states its lifetime now
         connect_timeout: Seconds to wait for the broker on each connection attempt
+        secret: Campaign secret that heartbeats and results must be signed with (default:
+            from the environment, see :func:`colmena_core.security.load_secret`); others
+            are ignored with a warning
     """
 
     def __init__(
@@ -482,8 +506,11 @@ class CampaignMonitor:
         campaign: str,
         default_ttl: float = 30.0,
         connect_timeout: float = 10.0,
+        secret: str | bytes | None = None,
     ) -> None:
         self.url = url
+        loaded = load_secret(secret)
+        self.signer = None if loaded is None else MessageSigner(loaded)
         self.campaign = campaign
         self.names = CampaignNames(campaign)
         self.default_ttl = default_ttl
@@ -642,46 +669,31 @@ class CampaignMonitor:
 
     def _on_heartbeat(self, properties: Any, body: bytes) -> None:
         try:
-            status = json.loads(body)
-            server_id = str(status["server_id"])
-        except (ValueError, KeyError, TypeError):
-            logger.warning("Ignored a heartbeat that is not a JSON status with a server_id")
+            heartbeat = decode_heartbeat(body, self.signer)
+        except MessageDecodeError as exc:
+            logger.warning("Ignored a heartbeat: %s", exc)
             return
-        ttl = status.get("ttl")
-        if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not ttl > 0:
-            ttl = self.default_ttl
+        server_id = heartbeat.server_id
         with self._changed:
-            if status.get("stopping"):
+            if heartbeat.stopping:
                 self._servers.pop(server_id, None)
             else:
-                methods = status.get("methods") or []
-                known = {
-                    "server_id",
-                    "hostname",
-                    "methods",
-                    "capacity",
-                    "in_flight",
-                    "started",
-                    "ttl",
-                }
                 self._servers[server_id] = LiveServer(
                     server_id=server_id,
-                    hostname=str(status["hostname"]) if status.get("hostname") else None,
-                    methods=sorted(str(m) for m in methods) if isinstance(methods, list) else [],
-                    capacity=_as_int(status.get("capacity")),
-                    in_flight=_as_int(status.get("in_flight")),
-                    started=status.get("started")
-                    if isinstance(status.get("started"), int | float)
-                    else None,
+                    hostname=heartbeat.hostname,
+                    methods=sorted(heartbeat.methods),
+                    capacity=heartbeat.capacity,
+                    in_flight=heartbeat.in_flight,
+                    started=heartbeat.started,
                     last_seen=time.time(),
-                    expires=time.monotonic() + float(ttl),
-                    details={k: v for k, v in status.items() if k not in known},
+                    expires=time.monotonic() + heartbeat.ttl,
+                    details=heartbeat.details,
                 )
             self._changed.notify_all()
 
     def _on_result(self, routing_key: str, body: bytes) -> None:
         try:
-            summary = summarize_result(body, routing_key)
+            summary = summarize_result(body, routing_key, self.signer)
         except MessageDecodeError as exc:
             logger.warning("Ignored an undecodable result copy (%s)", exc)
             return

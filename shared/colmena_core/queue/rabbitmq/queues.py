@@ -142,6 +142,10 @@ class RabbitMQQueues(ColmenaQueues):
             are sent (see :attr:`ColmenaQueues.max_message_size`). Should the broker's limit
             be lower, the connection learns it from the first refusal, and each task above
             it gets a failure result
+        secret: Campaign secret that signs the messages (default: ``COLMENA_CAMPAIGN_SECRET``
+            or the file named by ``COLMENA_CAMPAIGN_SECRET_FILE``; none: unsigned). Requests,
+            results and kill signals unsigned or signed with another secret are
+            dead-lettered (or dropped) with the reason, before anything in them is parsed
 
     The connection settings (``heartbeat``, ``connect_timeout``, ``max_pending``,
     ``max_pending_bytes``) are those of the first queue object of a process to connect to
@@ -171,10 +175,12 @@ class RabbitMQQueues(ColmenaQueues):
         max_pending: int = 1000,
         max_pending_bytes: int = 256 * 2**20,
         max_message_size: int | None = 128 * 2**20,
+        secret: str | bytes | None = None,
     ) -> None:
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
         )
+        self._use_secret(secret)
         if isinstance(methods, str):
             raise ValueError("methods must be a collection of names, not a single string")
         if prefetch < 1 or delivery_limit < 1 or max_pending < 1:
@@ -316,8 +322,14 @@ class RabbitMQQueues(ColmenaQueues):
                 session.server.set_served(self._served)
 
     # ------------------------------------------------------- transport
-    def _send_request(self, message: bytes, method: str | None, topic: str) -> None:
-        self._get_session().client.send_request(message, method)
+    def _send_request(
+        self, message: bytes, method: str | None, topic: str, task_id: str = ""
+    ) -> None:
+        self._get_session().client.send_request(task_id, message, method)
+
+    def _wait_confirmed(self, task_id: str | None, timeout: float | None) -> bool:
+        session = self._session if self._session_pid == os.getpid() else None
+        return session is None or session.client.wait_confirmed(task_id, timeout)
 
     def _reply_address(self) -> str | None:
         return self.client_id
@@ -347,11 +359,16 @@ class RabbitMQQueues(ColmenaQueues):
         item = client.take_result(topic, timeout)
         if isinstance(item, Result):
             return item  # a failure made here: the broker refused the request
+        try:
+            result = self.decode_result(item.body)
+        except MessageDecodeError as error:
+            client.reject(item, error)
+            raise
         client.ack(item)
-        return self.decode_result(item.body)
+        return result
 
     def _send_kill_signal(self) -> None:
-        self._get_session().client.send_kill_signal()
+        self._get_session().client.send_kill_signal(self.kill_message())
 
     def flush(self) -> None:
         """Remove the requests waiting for this object's methods and its client's results.

@@ -26,9 +26,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from colmena_core.exceptions import KillSignalException, MessageDecodeError
+from colmena_core.exceptions import (
+    KillSignalException,
+    MessageAuthenticationError,
+    MessageDecodeError,
+)
 from colmena_core.models import Result
-from colmena_core.models.wire import encode_result
+from colmena_core.models.wire import decode_kill, encode_result
+from colmena_core.names import check_name
 from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
 from colmena_core.queue.rabbitmq.bridge import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.client import refusal
@@ -40,6 +45,7 @@ from colmena_core.queue.rabbitmq.topology import (
     TASK_HEADER,
     CampaignTopology,
     copy_properties,
+    dead_letter,
     result_properties,
 )
 from colmena_core.security import MessageSigner
@@ -170,10 +176,16 @@ class ServerRole(Role):
 
     # ---------------------------------------------------------- loop thread
     def decode(self, entry: Held) -> Result:
-        """The request of ``entry``, its signature checked (raises MessageDecodeError)."""
+        """The request of ``entry``, its signature checked.
+
+        Raises:
+            MessageDecodeError: not a valid request, or signed badly
+            ValueError: its reply address breaks the name rule
+        """
         task = self._decode(entry.body)
         if not task.reply_to:
-            task.reply_to = str(entry.properties.reply_to or "") or None
+            reply_to = str(entry.properties.reply_to or "")
+            task.reply_to = check_name(reply_to, "The reply address") if reply_to else None
         return task
 
     async def declare(self, state: ConnectionState) -> None:
@@ -319,6 +331,11 @@ class ServerRole(Role):
 
     def _on_control(self, delivery: Delivery) -> None:
         delivery.settle(True)
+        try:
+            decode_kill(delivery.body, self.signer)
+        except MessageDecodeError as exc:
+            logger.warning("Ignored a message on the control queue that is no kill signal: %s", exc)
+            return
         logger.info("Kill signal received; it takes effect once the queued requests are taken")
         self.bridge.spawn(self._signal_kill_when_drained())
 
@@ -343,16 +360,18 @@ class ServerRole(Role):
         self.request_inbox.signal()
 
     def _on_request(self, queue: str, delivery: Delivery) -> None:
+        entry = Held("", delivery.body, delivery.routing_key, delivery.properties, delivery)
         try:
-            entry = Held("", delivery.body, delivery.routing_key, delivery.properties, delivery)
             task = self.decode(entry)
-        except MessageDecodeError as exc:
-            logger.warning("Dead-lettering an undecodable request from %s: %s", queue, exc)
-            delivery.settle(False)
+        except MessageAuthenticationError as exc:
+            dead_letter(self.bridge, self.names, delivery, "unauthenticated", str(exc))
+            return
+        except (MessageDecodeError, ValueError) as exc:
+            dead_letter(self.bridge, self.names, delivery, "rejected", str(exc))
             return
         if self.leases.expirations(delivery.properties) >= self.settings.delivery_limit:
-            logger.error("Dead-lettering task %s: its task servers stopped too often", task.task_id)
-            delivery.settle(False)
+            error = f"The task servers that held task {task.task_id} stopped too often"
+            dead_letter(self.bridge, self.names, delivery, "delivery_limit", error)
             return
         task_id = entry.task_id = task.task_id
         entry.task = task

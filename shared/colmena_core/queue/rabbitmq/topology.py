@@ -16,11 +16,13 @@ from typing import Any
 import pika
 
 from colmena_core.queue.amqp import AmqpLink, ChannelClosedError
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Delivery, Outgoing
 from colmena_core.queue.rabbitmq.names import CampaignNames
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_DELIVERY_LIMIT",
+    "ERROR_HEADER",
     "LEASE_HEADER",
     "REASON_HEADER",
     "RESULT_DELIVERY_LIMIT",
@@ -28,6 +30,7 @@ __all__ = [
     "TASK_HEADER",
     "CampaignTopology",
     "copy_properties",
+    "dead_letter",
     "quorum_arguments",
     "request_properties",
     "result_properties",
@@ -48,6 +51,7 @@ CONTENT_TYPE = "application/vnd.colmena"
 LEASE_HEADER = "colmena-lease"
 TASK_HEADER = "colmena-task-id"
 REASON_HEADER = "colmena-reason"
+ERROR_HEADER = "colmena-error"
 ROUTING_KEY_HEADER = "colmena-routing-key"
 
 
@@ -87,6 +91,8 @@ def result_properties(task_id: str) -> Any:
 
 def copy_properties(properties: Any, headers: dict[str, Any] | None) -> Any:
     """Properties of a message with other headers (x-death and friends are kept as given)."""
+    if properties is None:
+        return pika.BasicProperties(delivery_mode=2, headers=headers)
     return pika.BasicProperties(
         content_type=properties.content_type,
         content_encoding=properties.content_encoding,
@@ -101,6 +107,40 @@ def copy_properties(properties: Any, headers: dict[str, Any] | None) -> Any:
         type=properties.type,
         user_id=None,
         app_id=properties.app_id,
+    )
+
+
+def dead_letter(
+    bridge: BrokerConnection, names: CampaignNames, delivery: Delivery, reason: str, error: str
+) -> None:
+    """Move a delivery to the campaign's dead letters, saying why (loop thread).
+
+    A copy goes to the dead-letter exchange with ``reason`` and ``error`` in its headers;
+    the original is acknowledged once the broker confirmed the copy (or, if the copy
+    fails, rejected, which dead-letters it without the reason).
+    """
+    logger.warning("Dead-lettering a message from %s (%s): %s", delivery.routing_key, reason, error)
+    properties = delivery.properties
+    headers = {
+        k: v for k, v in (properties.headers or {}).items() if isinstance(k, str) and len(k) < 128
+    }
+    headers.update(
+        {
+            REASON_HEADER: reason,
+            ERROR_HEADER: error[:1000],
+            ROUTING_KEY_HEADER: delivery.routing_key,
+        }
+    )
+    bridge.enqueue(
+        Outgoing(
+            names.dead_exchange,
+            delivery.routing_key,
+            delivery.body,
+            copy_properties(properties, headers),
+            retry_refused=False,
+            on_confirm=lambda _: delivery.settle(True),
+            on_failed=lambda _: delivery.settle(False),
+        )
     )
 
 
