@@ -39,8 +39,9 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# The demo's environment has the services too, so that `colmena` works in it
 $(VENV)/.demo-installed: $(VENV)/bin/python pyproject.toml
-	$(BIN)/pip install --quiet -e ".[parsl]"
+	$(BIN)/pip install --quiet -e ".[services,report]"
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/bin/python pyproject.toml

@@ -63,5 +63,5 @@ def configure_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
     )
     if not verbose:
-        for noisy in ("parsl", "colmena_core.queue", "colmena_core.task_server"):
+        for noisy in ("parsl", "pika", "colmena_core.queue", "colmena_core.task_server"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,14 +1,15 @@
-"""The ``colmena`` command: one subcommand per service.
+"""The ``colmena`` command: one subcommand per service, and the operator's commands.
 
     colmena taskserver --methods pkg.mod:METHODS --parsl-config pkg.mod:config
     colmena thinker --thinker-factory pkg.mod:make_thinker --client-id thinker-1
     colmena gateway --port 8000
     colmena launch
+    colmena status | results | dead-letters | report FILE
 
 Every flag can also be given as a ``COLMENA_*`` environment variable (``--broker-url`` is
-``COLMENA_BROKER_URL``). Settings are validated before anything starts; a wrong setting, an
-unreachable broker or code that cannot be imported ends the command with a message, not a
-traceback.
+``COLMENA_BROKER_URL``). Settings are validated, and the broker is tried once, before
+anything starts; a wrong setting, a broker that refuses the login or does not answer, or
+code that cannot be imported ends the command with one line saying so, not a traceback.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     CliApp,
@@ -27,9 +29,11 @@ from pydantic_settings import (
     get_subcommand,
 )
 
-from .common import ServiceConfigError, ServiceSettings
+from .admin import DeadLettersSettings, ReportSettings, ResultsSettings, StatusSettings
+from .common import BrokerRefusedError, ServiceConfigError, ServiceSettings, check_broker
 from .gateway.settings import GatewaySettings
 from .launcher import LaunchSettings
+from .record import RecordError
 from .taskserver.settings import TaskServerSettings
 from .thinker.settings import ThinkerSettings
 
@@ -48,10 +52,38 @@ class Colmena(BaseSettings):
         cli_prog_name="colmena", cli_kebab_case=True, cli_implicit_flags=True
     )
 
-    taskserver: CliSubCommand[TaskServerSettings]
-    thinker: CliSubCommand[ThinkerSettings]
-    gateway: CliSubCommand[GatewaySettings]
-    launch: CliSubCommand[LaunchSettings]
+    taskserver: CliSubCommand[TaskServerSettings] = Field(
+        description="Serve methods: run the tasks of the campaign through Parsl"
+    )
+    thinker: CliSubCommand[ThinkerSettings] = Field(
+        description="Run a thinker: the agents that decide what to compute next"
+    )
+    gateway: CliSubCommand[GatewaySettings] = Field(
+        description="Serve the REST/WebSocket API and the dashboard"
+    )
+    launch: CliSubCommand[LaunchSettings] = Field(
+        description="Run a broker, a task server, a thinker and the gateway on this machine"
+    )
+    status: CliSubCommand[StatusSettings] = Field(
+        description="Show task servers, methods, queues, tasks in flight and dead letters"
+    )
+    results: CliSubCommand[ResultsSettings] = Field(
+        description="Follow the results of a client or of the whole campaign"
+    )
+    dead_letters: CliSubCommand[DeadLettersSettings] = Field(
+        description="List, requeue or purge the messages the campaign could not deliver"
+    )
+    report: CliSubCommand[ReportSettings] = Field(
+        description="Draw a campaign's utilisation and task Gantt chart from its results file"
+    )
+
+
+def package_version() -> str:
+    """The installed version of colmena-core."""
+    try:
+        return version("colmena-core")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _explain(error: ValidationError) -> str:
@@ -65,9 +97,30 @@ def _explain(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def run_service(settings: ServiceSettings) -> int:
+def run_service(settings: BaseSettings) -> int:
     """Start the service that ``settings`` configures and return its exit code."""
-    settings.configure_logging()
+    if isinstance(settings, ReportSettings):
+        return settings.run()
+    assert isinstance(settings, ServiceSettings)
+    admin = isinstance(settings, StatusSettings | ResultsSettings | DeadLettersSettings)
+    if admin:
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
+        from .common import quiet_libraries
+
+        quiet_libraries(settings.log_level)
+    else:
+        settings.configure_logging()
+    if isinstance(settings, GatewaySettings):
+        # The gateway waits for an absent broker (answering 503 meanwhile), but a broker
+        # that refuses its login will not change its mind
+        try:
+            check_broker(settings.broker_url, min(settings.connect_timeout, 5.0))
+        except ConnectionError:
+            pass
+    elif not isinstance(settings, LaunchSettings):
+        check_broker(settings.broker_url, settings.connect_timeout)
+    if isinstance(settings, StatusSettings | ResultsSettings | DeadLettersSettings):
+        return settings.run()
     if isinstance(settings, TaskServerSettings):
         from .taskserver.service import TaskServerService
 
@@ -92,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
         args = ["--help"]
+    if args[0] in ("--version", "-V"):
+        print(f"colmena {package_version()}")
+        return 0
     try:
         command = CliApp.run(Colmena, cli_args=args, cli_exit_on_error=True)
         settings = get_subcommand(command, is_required=True)
@@ -101,16 +157,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"colmena: invalid settings: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    assert isinstance(settings, ServiceSettings)
+    assert isinstance(settings, BaseSettings)
     try:
         return run_service(settings)
-    except ServiceConfigError as error:
-        logging.getLogger("colmena").error("%s", error)
+    except BrokerRefusedError as error:
+        print(f"colmena: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (ServiceConfigError, RecordError) as error:
         print(f"colmena: {error}", file=sys.stderr)
         return EXIT_CONFIG
     except (ConnectionError, TimeoutError) as error:
-        print(f"colmena: the broker is not reachable: {error}", file=sys.stderr)
+        message = str(error)
+        if "not reachable" not in message:
+            message = f"the broker is not reachable: {message}"
+        print(f"colmena: {message}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:  # Ctrl-C before a service set up its own handling
+        return 130
 
 
 if __name__ == "__main__":

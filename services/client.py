@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +36,7 @@ import httpx
 
 from colmena_core.backoff import Backoff
 
-__all__ = ["GatewayClient", "GatewayError", "SubmissionError"]
+__all__ = ["GatewayClient", "GatewayError", "SubmissionError", "UnservedMethodWarning"]
 
 _API = "/api/v1"
 _SEEN_KEPT = 100_000
@@ -48,6 +49,16 @@ class GatewayError(Exception):
         super().__init__(f"HTTP {status_code}: {detail}")
         self.status_code = status_code
         self.detail = detail
+
+
+class UnservedMethodWarning(UserWarning):
+    """The gateway accepted a task for a method that no live task server serves: it waits in
+    the broker until a task server for it starts (a typo in the method name waits forever)."""
+
+
+def _warn_unserved(answer: Mapping[str, Any]) -> None:
+    if answer.get("warning"):
+        warnings.warn(str(answer["warning"]), UnservedMethodWarning, stacklevel=3)
 
 
 class SubmissionError(GatewayError):
@@ -166,6 +177,9 @@ class GatewayClient:
     ) -> str:
         """Submit one task (JSON arguments); return its task ID once the broker has it.
 
+        Warns with :class:`UnservedMethodWarning` when no live task server serves ``method``
+        (the task is accepted and waits for one).
+
         Raises:
             GatewayError: the gateway refused it (401 token, 413 size, 422 invalid, 503 broker)
         """
@@ -179,7 +193,9 @@ class GatewayClient:
             max_retries=max_retries,
             **kwargs,
         )
-        return str(self._request("POST", "/tasks", json=body)["task_id"])
+        answer = self._request("POST", "/tasks", json=body)
+        _warn_unserved(answer)
+        return str(answer["task_id"])
 
     def submit_batch(self, tasks: Iterable[Mapping[str, Any]]) -> list[str]:
         """Submit tasks made with :meth:`task` in one request; return their IDs in order.
@@ -188,7 +204,9 @@ class GatewayClient:
         default); :meth:`submit_many` takes any number.
         """
         body = {"tasks": [dict(task) for task in tasks]}
-        return [str(t) for t in self._request("POST", "/tasks/batch", json=body)["task_ids"]]
+        answer = self._request("POST", "/tasks/batch", json=body)
+        _warn_unserved(answer)
+        return [str(t) for t in answer["task_ids"]]
 
     def submit_many(
         self, tasks: Iterable[Mapping[str, Any]], batch_size: int = 100, in_flight: int = 4

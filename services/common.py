@@ -1,11 +1,13 @@
 """Pieces every service needs: loading user code by import path, settings shared by all
-services, a health endpoint for probes, and clean exits on configuration errors.
+services, a check of the broker before starting, a health endpoint for probes, and clean
+exits on configuration errors.
 
 Nothing here knows about a particular service.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import json
@@ -13,11 +15,13 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +35,10 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/"
 
 class ServiceConfigError(Exception):
     """The service cannot start with the settings it was given; the message says why."""
+
+
+class BrokerRefusedError(ServiceConfigError):
+    """The broker answers but refuses the user, its password or the virtual host."""
 
 
 class ServiceSettings(BaseSettings):
@@ -96,12 +104,92 @@ class ServiceSettings(BaseSettings):
             stream=sys.stderr,
             force=True,
         )
-        if self.log_level != "DEBUG":
-            for noisy in ("parsl", "uvicorn.access"):
-                logging.getLogger(noisy).setLevel(logging.WARNING)
-            # pika logs every failed connection attempt with a traceback; the queues report
-            # connection trouble themselves, once, in plain words
-            logging.getLogger("pika").setLevel(logging.CRITICAL)
+        quiet_libraries(self.log_level)
+
+
+class RecordingSettings(ServiceSettings):
+    """Settings of the services that can keep a record of the results they handle."""
+
+    results_file: Path | None = Field(
+        default=None,
+        description="Append every result this service handles to this file, one JSON object "
+        "per line (draw it with 'colmena report FILE')",
+    )
+
+
+def quiet_libraries(level: str) -> None:
+    """Keep the engines we drive at WARNING unless ``level`` is DEBUG."""
+    if level == "DEBUG":
+        return
+    for noisy in ("parsl", "uvicorn.access", "asyncio", "httpx", "colmena_core.testing"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pika logs every failed connection attempt with a traceback; the queues report
+    # connection trouble themselves, once, in plain words
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+
+
+def check_broker(url: str, timeout: float) -> None:
+    """Connect to the broker once, before a service starts, and say plainly what is wrong.
+
+    A broker that does not answer is tried again until ``timeout``; one that refuses the
+    credentials or the virtual host is not (trying again would not help).
+
+    Raises:
+        BrokerRefusedError: the broker refused the user, its password or the virtual host
+        ConnectionError: the broker did not answer within ``timeout`` seconds
+    """
+    import pika
+    import pika.exceptions
+
+    parts = urlsplit(url)
+    user = unquote(parts.username or "guest")
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    where = redacted(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        parameters = pika.URLParameters(url)
+        attempt = max(1.0, min(5.0, deadline - time.monotonic()))
+        parameters.socket_timeout = parameters.stack_timeout = attempt
+        parameters.blocked_connection_timeout = attempt
+        parameters.connection_attempts = 1
+        try:
+            pika.BlockingConnection(parameters).close()
+            return
+        except pika.exceptions.ProbableAuthenticationError:
+            raise BrokerRefusedError(
+                f"The broker at {where} refused the login of user {user!r}: "
+                "wrong user name or password"
+            ) from None
+        except pika.exceptions.ProbableAccessDeniedError:
+            raise BrokerRefusedError(
+                f"The broker at {where} refused access to the virtual host {vhost!r}: "
+                f"it does not exist, or user {user!r} has no permission on it"
+            ) from None
+        except pika.exceptions.AMQPError as exc:
+            reason = _plain_reason(exc)
+        except OSError as exc:  # TLS set-up, name resolution
+            reason = exc.strerror or str(exc) or type(exc).__name__
+        if time.monotonic() >= deadline:
+            raise ConnectionError(
+                f"The broker at {where} is not reachable ({reason}; tried for {timeout:g} s)"
+            )
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+
+def _plain_reason(exc: Exception) -> str:
+    """The cause of a pika connection error, without pika's nesting of exceptions."""
+    cause: Any = exc
+    while True:
+        inner = getattr(cause, "exception", None)  # pika's connector errors wrap the OSError
+        if not isinstance(inner, Exception) and cause.args and isinstance(cause.args[0], Exception):
+            inner = cause.args[0]
+        if not isinstance(inner, Exception):
+            break
+        cause = inner
+    if isinstance(cause, OSError):
+        return cause.strerror or str(cause) or type(cause).__name__
+    text = str(cause) or type(cause).__name__
+    return text if len(text) < 200 else text[:200] + "…"
 
 
 def redacted(url: str) -> str:
@@ -190,8 +278,9 @@ class HealthServer:
             def log_message(self, format: str, *args: Any) -> None:
                 logger.debug("health: " + format, *args)
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler, bind_and_activate=False)
         self._server.daemon_threads = True
+        bind(self._server, host, port, "the health endpoints", "--health-port")
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health", daemon=True
         )
@@ -203,8 +292,14 @@ class HealthServer:
 
     def start(self) -> HealthServer:
         self._thread.start()
-        logger.info("Health endpoints on port %d (/healthz, /readyz)", self.port)
+        logger.info("Health endpoints on http://%s:%d/healthz and /readyz", *self.address)
         return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Host and port to reach the endpoints at (loopback when listening everywhere)."""
+        host = str(self._server.server_address[0])
+        return ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host), self.port
 
     def stop(self) -> None:
         self._server.shutdown()
@@ -212,21 +307,70 @@ class HealthServer:
         self._thread.join(timeout=5)
 
 
+def bind(server: ThreadingHTTPServer, host: str, port: int, what: str, flag: str) -> None:
+    """Bind and activate ``server``, or fail with one line that says what to do."""
+    try:
+        server.server_bind()
+        server.server_activate()
+    except OSError as exc:
+        server.server_close()
+        raise ServiceConfigError(port_error(exc, host, port, what, flag)) from None
+
+
+def port_error(exc: OSError, host: str, port: int, what: str, flag: str) -> str:
+    """A one-line explanation of a failure to listen on ``host:port``."""
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"Port {port} on {host} is in use (another service?): give {what} another "
+            f"port with {flag}, or {flag}=0 for a free one"
+        )
+    if exc.errno == errno.EACCES:
+        return f"Not allowed to listen on port {port} for {what}: choose a port above 1023"
+    return f"Cannot listen on {host}:{port} for {what}: {exc.strerror or exc}"
+
+
+def check_port(host: str, port: int, what: str, flag: str) -> None:
+    """Fail with one line now if ``host:port`` cannot be listened on (port 0 always can)."""
+    if port == 0:
+        return
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServiceConfigError(port_error(exc, host, port, what, flag)) from None
+
+
+def wind_down_quietly() -> None:
+    """After the one line a service logs when told to stop, log nothing below WARNING (at
+    DEBUG everything still shows): stopping prints one line, or the problems it meets."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        logging.disable(logging.INFO)
+
+
 @contextmanager
 def supervised(
     host: str, port: int, liveness: Check, readiness: Check, on_signal: Callable[[str], None]
 ) -> Iterator[None]:
     """Serve the health endpoints and turn SIGTERM and SIGINT into ``on_signal(name)`` for
-    the duration of the block; the previous handlers come back afterwards."""
+    the duration of the block; the previous handlers come back afterwards.
+
+    ``on_signal`` logs one line saying what the service does about it; after it, the
+    service logs nothing below WARNING (one line of output for a stop).
+    """
     health = HealthServer(host, port, liveness, readiness)
     health.start()
-    previous = {
-        sig: signal.signal(sig, lambda signum, _: on_signal(signal.Signals(signum).name))
-        for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+
+    def handler(signum: int, frame: Any) -> None:
+        on_signal(signal.Signals(signum).name)
+        wind_down_quietly()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, earlier in previous.items():
+            signal.signal(sig, earlier)
         health.stop()

@@ -5,7 +5,7 @@ run through RabbitMQ (``docker compose up``, the local launcher)::
 
     colmena taskserver --methods colmena_services.demo:METHODS \\
                        --parsl-config colmena_services.demo:parsl_config
-    colmena thinker --factory colmena_services.demo:make_thinker --topics generate,simulate
+    colmena thinker --thinker-factory colmena_services.demo:make_thinker --topics generate,simulate
 
 A producer agent asks the task server for a new guess near the best point so far and sends
 it to be evaluated; a consumer agent reads the evaluations and keeps the best one.
@@ -18,14 +18,25 @@ from math import inf
 from random import random
 from typing import Any
 
+from colmena_core.exceptions import TimeoutException
+from colmena_core.models import Result
 from colmena_core.queue import ColmenaQueues
 from colmena_core.thinker import BaseThinker, agent
 
+from .record import ResultsFile
+
 TOPICS = ("generate", "simulate")
+
+POLL = 0.5
+"""Seconds an agent waits for a result before it checks whether it should stop."""
 
 
 def target_function(x: float) -> float:
-    """The function to minimize."""
+    """The function to minimize, as costly as a small simulation (a few tenths of a second)."""
+    import time
+    from random import random
+
+    time.sleep(0.1 + 0.3 * random())
     return x**2
 
 
@@ -42,17 +53,34 @@ METHODS = [target_function, task_generator]
 class Thinker(BaseThinker):
     """The two agents of the quickstart."""
 
-    def __init__(self, queues: ColmenaQueues, guesses: int = 40) -> None:
+    def __init__(
+        self, queues: ColmenaQueues, guesses: int = 40, results_file: ResultsFile | None = None
+    ) -> None:
         super().__init__(queues)
+        self.results_file = results_file
         self.remaining_guesses = guesses
         self.best_guess = 1.0 + 2.0 * random()  # start a few steps away from the minimum
         self.best_result = inf
 
+    def _next_result(self, topic: str) -> Result | None:
+        """The next result of ``topic``, or ``None`` once the thinker is told to stop."""
+        while not self.done.is_set():
+            try:
+                result = self.queues.get_result(topic=topic, timeout=POLL)
+            except TimeoutException:
+                continue
+            if result is not None:
+                if self.results_file is not None:
+                    self.results_file.record(result)
+                return result
+        return None
+
     @agent
     def consumer(self) -> None:
         for i in range(self.remaining_guesses):
-            result = self.queues.get_result(topic="simulate")
-            assert result is not None
+            result = self._next_result("simulate")
+            if result is None:
+                return
             if not result.success:
                 self.logger.warning("Evaluation failed: %s", result.failure_info)
                 continue
@@ -73,8 +101,12 @@ class Thinker(BaseThinker):
     def producer(self) -> None:
         while not self.done.is_set():
             self.queues.send_inputs(self.best_guess, method="task_generator", topic="generate")
-            result = self.queues.get_result(topic="generate")
-            assert result is not None
+            result = self._next_result("generate")
+            if result is None:
+                return
+            if not result.success:
+                self.logger.warning("Generating a guess failed: %s", result.failure_info)
+                continue
             self.logger.info("Created a new guess: %.2f", result.value)
             self.queues.send_inputs(result.value, method="target_function", topic="simulate")
 

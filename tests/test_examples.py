@@ -56,3 +56,56 @@ def test_quickstart_shows_progress_and_improves(tmp_path: Path) -> None:
     best = [float(value) for _, value in progress]
     assert best == sorted(best, reverse=True), "the best value never gets worse"
     assert "Created a new guess" in process.stderr
+
+
+def test_make_demo_stops_on_ctrl_c() -> None:
+    """Ctrl-C on ``make demo``: one line from the demo (and make's own note), no traceback,
+    the task server's Parsl interchange and workers gone with it."""
+    import queue
+    import signal
+    import threading
+    import uuid
+
+    from test_services import MARK, nothing_left_behind
+
+    env = dict(os.environ)
+    env[MARK] = uuid.uuid4().hex
+    env.pop("COLMENA_BROKER_URL", None)
+    process = subprocess.Popen(
+        ["make", "--no-print-directory", "demo", f"VENV={sys.prefix}"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as in a terminal
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    log: list[str] = []
+
+    def read() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        while not re.search(r"\[1/40\]", lines.get(timeout=240)):
+            pass
+        seen = len(log)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+    after = [line for line in log[seen:] if "Interrupt" not in line or "make" not in line]
+    assert len(after) == 1 and after[0].startswith("Stopping (SIGINT)"), log[seen:]
+    assert "Traceback" not in "".join(log), "".join(log)[-3000:]
+    recorded = re.search(r"recorded in (\S+\.jsonl)", after[0])
+    assert recorded, after
+    (ROOT / recorded.group(1)).unlink(missing_ok=True)
+    nothing_left_behind(env)

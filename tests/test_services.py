@@ -1,7 +1,14 @@
-"""The task-server and thinker services as users run them: real processes on a real broker."""
+"""The services and the ``colmena`` command as users run them: real processes on a real broker.
+
+Stopping is checked as a terminal does it: Ctrl-C is SIGINT to the whole process group
+(the service, and the Parsl interchange and workers it started), and afterwards no process
+that inherited the test's marker variable may be left running.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import queue
 import re
@@ -15,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from colmena_core.testing import free_port, wait_until
@@ -27,14 +35,17 @@ WAIT = 90.0
 class Service:
     """A ``colmena`` subprocess whose stderr is read line by line as it runs."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str], command: list[str] | None = None
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "colmena_services.cli", *args],
+            command or [sys.executable, "-m", "colmena_services.cli", *args],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # a process group of its own, as in a terminal
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.log: list[str] = []
@@ -90,9 +101,17 @@ class Service:
             self.process.send_signal(signal.SIGTERM)
         return self.finish(timeout)
 
+    def interrupt(self) -> int:
+        """Ctrl-C as a terminal sends it: SIGINT to the whole process group. Returns how
+        many lines of stderr were read before it."""
+        seen = len(self.log)
+        os.killpg(self.process.pid, signal.SIGINT)
+        return seen
+
     def kill(self) -> None:
         if self.process.poll() is None:
-            self.process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
 
     @property
@@ -111,7 +130,34 @@ def service_env(rabbitmq_url: str, tmp_path: Path) -> dict[str, str]:
         "COLMENA_CAMPAIGN": f"services-{uuid.uuid4().hex[:8]}",
         "COLMENA_TEST_OUTPUT": str(tmp_path / "output"),
         "COLMENA_LOG_LEVEL": "INFO",
+        MARK: uuid.uuid4().hex,
     }
+
+
+MARK = "COLMENA_TEST_PROCESS_MARK"
+"""Every process a test starts inherits this variable: those still running are left behind."""
+
+
+def left_behind(env: dict[str, str]) -> list[str]:
+    """The processes (other than zombies) that inherited the marker of ``env``."""
+    found = []
+    for process in psutil.process_iter(["pid", "name"]):
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE or process.pid == os.getpid():
+                continue
+            if process.environ().get(MARK) == env[MARK]:
+                found.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def nothing_left_behind(env: dict[str, str]) -> None:
+    """Wait until every process started with ``env`` has exited (they may be exiting)."""
+    try:
+        wait_until(lambda: not left_behind(env), "every process to exit", 60)
+    except TimeoutError:
+        raise AssertionError(f"Processes left behind: {left_behind(env)}") from None
 
 
 @pytest.fixture
@@ -254,7 +300,8 @@ def test_task_server_and_thinker_run_a_campaign(
     assert (tmp_path / "output").read_text() == "0,2,4,6,8,10"
 
     assert server.stop() == 0, server.output[-3000:]
-    assert "Task server" in server.output and "stopped" in server.output
+    last = server.output.rstrip().splitlines()[-1]
+    assert "Received SIGTERM: finishing in-flight tasks (0 now), then stopping" in last
 
 
 def test_demo_campaign_on_the_parsl_engine(
@@ -340,30 +387,80 @@ def test_sigterm_finishes_in_flight_tasks_and_loses_no_result(
 
 
 # ----------------------------------------------------------------------------- launcher
+def readme_client_snippet() -> str:
+    """The README's example of the gateway client, as written there."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    (snippet,) = [block for block in blocks if "GatewayClient(" in block]
+    return snippet
+
+
 @pytest.mark.parametrize("broker", ["given", "throwaway"])
 def test_launcher_runs_the_demo_stack(
-    broker: str, start: Callable[..., Service], service_env: dict[str, str]
+    broker: str, start: Callable[..., Service], service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """``colmena launch``: broker (given or throwaway), task server, thinker and gateway."""
+    """``colmena launch``: the addresses it prints answer, the README's client snippet works
+    against it as written, and Ctrl-C stops everything it started."""
     port = free_port()
     env = {**service_env, "COLMENA_DEMO_GUESSES": "5"}
-    args = ["launch", f"--gateway-port={port}", "--engine=local"]
+    run_dir = tmp_path / "run"
+    args = ["launch", f"--gateway-port={port}", "--engine=local", f"--run-dir={run_dir}"]
     if broker == "given":
         args.append(f"--broker-url={service_env['COLMENA_BROKER_URL']}")
     else:
         env.pop("COLMENA_BROKER_URL")
     launcher = start(args, env)
-    launcher.wait_for(r"The thinker finished with exit code 0", timeout=180)
-    # The campaign is over; the gateway stays up until Ctrl-C
-    health = wait_until(
-        lambda: _answers(f"http://127.0.0.1:{port}/healthz"), "gateway answering", WAIT
-    )
-    assert health.status_code == 200
-    launcher.process.send_signal(signal.SIGINT)
+    wait_until(lambda: "Press Ctrl-C" in launcher.stdout, "the launcher's addresses", 180)
+    printed = launcher.stdout
+    docs = re.search(r"API docs: +(http://\S+) \(API token of client 'demo': (\S+)\)", printed)
+    dashboard = re.search(r"Dashboard: (http://\S+)/#token=(\S+)", printed)
+    assert docs and dashboard, printed
+    assert docs.group(1) == f"http://127.0.0.1:{port}/api/v1/docs"
+    token = docs.group(2)
+    assert dashboard.group(2) == token
+
+    # The documentation works offline: every asset it loads is served by the gateway
+    page = httpx.get(docs.group(1), timeout=10)
+    assert page.status_code == 200
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    for asset in assets:
+        assert httpx.get(f"http://127.0.0.1:{port}{asset}", timeout=10).status_code == 200
+    assert httpx.get(dashboard.group(1) + "/", timeout=10).status_code == 200
+
+    if broker == "given":
+        # The README's snippet, as written, with the address and token printed above
+        snippet = readme_client_snippet().replace(
+            "http://127.0.0.1:8000", f"http://127.0.0.1:{port}"
+        )
+        namespace: dict[str, object] = {"token": token}
+        printed_values: list[str] = []
+        namespace["print"] = lambda *values: printed_values.append(" ".join(map(str, values)))
+        exec(compile(snippet.replace('token = "..."', "pass"), "README.md", "exec"), namespace)
+        values = sorted(float(line.split()[1]) for line in printed_values)
+        assert values == [2.25, 6.25], printed_values
+
+        # A method nobody serves is accepted, and the answer says so
+        from colmena_services.client import GatewayClient, UnservedMethodWarning
+
+        with (
+            GatewayClient(f"http://127.0.0.1:{port}", token) as client,
+            pytest.warns(UnservedMethodWarning, match="No live task server serves 'simulate'"),
+        ):
+            client.submit("simulate", 1.0)
+
+    wait_until(lambda: "The thinker finished" in launcher.stdout, "the demo campaign", 180)
+    assert "The thinker finished with exit code 0" in launcher.stdout
+    thinker_log = (run_dir / "thinker.log").read_text()
+    assert "Best point found" in thinker_log and "[5/5]" in thinker_log
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) >= 10
+
+    seen = launcher.interrupt()
     assert launcher.finish(timeout=120) == 0, launcher.output[-3000:]
-    assert f"Gateway: http://127.0.0.1:{port}/docs" in launcher.stdout
-    assert "Best point found" in launcher.stdout
-    assert "[5/5]" in launcher.output
+    after = launcher.stdout.splitlines()[-1]
+    assert after.startswith("Stopped (SIGINT)"), launcher.stdout
+    assert launcher.log[seen:] == [] and "Traceback" not in launcher.output, launcher.output
+    nothing_left_behind(env)
 
 
 def _answers(url: str) -> httpx.Response | None:
@@ -371,6 +468,205 @@ def _answers(url: str) -> httpx.Response | None:
         return httpx.get(url, timeout=5)
     except httpx.TransportError:
         return None
+
+
+# ------------------------------------------------------------- operating a campaign
+def colmena(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "colmena_services.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_version_and_one_line_descriptions() -> None:
+    from colmena_services.cli import Colmena
+
+    version = colmena("--version", env=dict(os.environ))
+    assert version.returncode == 0 and re.fullmatch(r"colmena \S+\n", version.stdout)
+    helped = colmena("--help", env=dict(os.environ)).stdout
+    for name in Colmena.model_fields:
+        command = name.replace("_", "-")
+        assert re.search(rf"^    {command} +[A-Z]", helped, flags=re.M), (command, helped)
+
+
+def test_refused_login_and_unreachable_broker_are_told_apart(rabbitmq_url: str) -> None:
+    env = dict(os.environ)
+    scheme, _, rest = rabbitmq_url.partition("://")
+    host = rest.rpartition("@")[2]
+    wrong = colmena("status", f"--broker-url={scheme}://nobody:wrong@{host}", "--wait=0", env=env)
+    assert wrong.returncode == 2, wrong.stderr
+    assert "refused the login of user 'nobody'" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1 and "Traceback" not in wrong.stderr
+    away = colmena(
+        "dead-letters",
+        f"--broker-url=amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "--connect-timeout=1",
+        env=env,
+    )
+    assert away.returncode == 3, away.stderr
+    assert "is not reachable (Connection refused" in away.stderr
+    assert away.stderr.count("\n") == 1
+
+
+def test_busy_ports_fail_with_one_line(service_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for args in (
+            [
+                "taskserver",
+                "--methods=service_apps:METHODS",
+                "--engine=local",
+                f"--health-port={port}",
+                "--health-host=127.0.0.1",
+            ],
+            ["gateway", f"--port={port}", "--host=127.0.0.1"],
+        ):
+            env = {**service_env, "COLMENA_GATEWAY_TOKENS": "a-token-of-24-characters:me"}
+            process = colmena(*args, env=env)
+            assert process.returncode == 2, process.stderr
+            assert f"Port {port} on 127.0.0.1 is in use" in process.stderr
+            last = process.stderr.strip().splitlines()[-1]
+            assert last.startswith("colmena: Port"), process.stderr
+            assert "Traceback" not in process.stderr
+
+
+def test_gateway_says_where_it_listens_and_stops_in_one_line(
+    start: Callable[..., Service], service_env: dict[str, str]
+) -> None:
+    env = {**service_env, "COLMENA_GATEWAY_TOKENS": "a-token-of-24-characters:me"}
+    gateway = start(["gateway", f"--port={free_port()}", "--host=127.0.0.1"], env)
+    docs = gateway.wait_for(r"Gateway listening on \S+ \(API documentation: (\S+)\)").group(1)
+    assert httpx.get(docs, timeout=10).status_code == 200
+    seen = gateway.interrupt()
+    gateway.finish()
+    after = gateway.log[seen:]
+    assert len(after) == 1 and "Received SIGINT" in after[0], after
+    assert "Traceback" not in gateway.output
+    nothing_left_behind(env)
+
+
+def test_operating_the_demo_services(
+    start: Callable[..., Service], service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two task servers on one host (default health ports), a thinker, each recording its
+    results; status and results while they run; Ctrl-C; then the report of the campaign."""
+    env = {**service_env, "COLMENA_DEMO_GUESSES": "100000"}  # runs until stopped
+    servers = [
+        start(
+            [
+                "taskserver",
+                "--methods=colmena_services.demo:METHODS",
+                "--parsl-config=colmena_services.demo:parsl_config" if i == 0 else "--engine=local",
+                f"--results-file={tmp_path / f'server{i}.jsonl'}",
+            ],
+            env,
+        )
+        for i in range(2)
+    ]
+    for server in servers:
+        health = server.wait_for(r"Health endpoints on (http://\S+/healthz)").group(1)
+        assert httpx.get(health, timeout=5).status_code == 200
+    thinker = start(
+        [
+            "thinker",
+            "--thinker-factory=colmena_services.demo:make_thinker",
+            "--topics=generate,simulate",
+            f"--results-file={tmp_path / 'thinker.jsonl'}",
+        ],
+        env,
+    )
+    follow = colmena("results", "--count=3", "--client-id=thinker", env=env, timeout=180)
+    assert follow.returncode == 0, follow.stderr
+    lines = follow.stdout.splitlines()
+    assert len(lines) == 3 and all(re.search(r"thinker/\w+ \w+: ok ", line) for line in lines), (
+        lines
+    )
+
+    status = colmena("status", "--json", "--wait=6", env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert len(report["servers"]) == 2
+    assert sorted(report["methods"]) == ["target_function", "task_generator"]
+    assert report["dead_letters"] == 0
+    assert any(q.endswith(".requests.target_function") for q in report["queues"])
+    text = colmena("status", "--wait=0", env=env).stdout
+    assert "Dead letters: 0" in text and "In flight:" in text
+
+    wait_until(
+        lambda: len((tmp_path / "thinker.jsonl").read_text().splitlines()) >= 6,
+        "results recorded",
+        WAIT,
+    )
+    # The thinker as compose or Kubernetes stop it (SIGTERM to the process), the task
+    # servers with Ctrl-C (SIGINT to their process groups: Parsl's processes too)
+    seen = len(thinker.log)
+    assert thinker.stop() == 0, thinker.output[-3000:]
+    after = thinker.log[seen:]
+    assert len(after) == 1 and "Received SIGTERM" in after[0], after
+    for server in servers:
+        seen = server.interrupt()
+        assert server.finish() == 0, server.output[-3000:]
+        after = server.log[seen:]
+        assert len(after) == 1 and "Received SIGINT" in after[0], after
+    for service in (thinker, *servers):
+        assert "Traceback" not in service.output, service.output[-3000:]
+    nothing_left_behind(env)
+
+    files = [tmp_path / "thinker.jsonl", tmp_path / "server0.jsonl", tmp_path / "server1.jsonl"]
+    drawn = colmena("report", *map(str, files), f"--output={tmp_path / 'campaign.png'}", env=env)
+    assert drawn.returncode == 0, drawn.stderr
+    png = (tmp_path / "campaign.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+    from colmena_services.record import read_records
+    from colmena_services.report import spans
+
+    records = read_records(files)
+    _, drawn_spans = spans(records)
+    assert len(drawn_spans) == len({r["task_id"] for r in records if r["time_compute_ended"]})
+    assert {s.method for s in drawn_spans} == {"target_function", "task_generator"}
+
+
+def test_dead_letters_are_listed(
+    start: Callable[..., Service], rabbitmq_url: str, service_env: dict[str, str]
+) -> None:
+    import pika
+
+    from colmena_core.queue.rabbitmq import CampaignNames
+
+    task_server(start, service_env)  # it rejects what it cannot decode: a dead letter
+    connection = pika.BlockingConnection(pika.URLParameters(rabbitmq_url))
+    channel = connection.channel()
+    requests = CampaignNames(service_env["COLMENA_CAMPAIGN"]).requests_exchange
+    channel.basic_publish(requests, "double", b"not a task")
+    connection.close()
+
+    def listed() -> subprocess.CompletedProcess[str] | None:
+        answer = colmena("dead-letters", env=service_env)
+        return answer if "1 dead letters" in answer.stdout else None
+
+    assert "undecodable: rejected" in wait_until(listed, "the dead letter", WAIT).stdout
+    rows = json.loads(colmena("dead-letters", "--json", env=service_env).stdout)
+    assert rows[0]["reason"] == "rejected" and rows[0]["size"] == len(b"not a task")
+    both = colmena("dead-letters", "--requeue", "--purge", env=service_env)
+    assert both.returncode == 2 and "not both" in both.stderr
+    # Undecodable: requeueing would only bring it back here, so it stays; purging removes it
+    requeued = colmena("dead-letters", "--requeue", env=service_env)
+    assert requeued.returncode == 0, requeued.stderr
+    assert "Requeued 0 dead letters" in requeued.stdout and "cannot be decoded" in requeued.stdout
+    purged = colmena("dead-letters", "--purge", env=service_env)
+    assert purged.returncode == 0 and "Purged 1 dead letters" in purged.stdout, purged.stderr
+    assert "No dead letters" in colmena("dead-letters", env=service_env).stdout
 
 
 def test_every_service_checks_sizes_against_the_brokers_limit(rabbitmq_url: str) -> None:

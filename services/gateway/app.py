@@ -22,13 +22,14 @@ from fastapi.staticfiles import StaticFiles
 
 from colmena_core.queue.rabbitmq import BrokerConnectionError
 
-from ..common import ServiceConfigError, redacted
+from ..common import ServiceConfigError, check_port, redacted
 from .api.router import API_PREFIX, api_router
 from .api.routes import health
 from .broker import BrokerUnavailableError
 from .guard import Guard, install_redactor
 from .models import finite_json
 from .service import GatewayService, LimitReachedError
+from .serving import GatewayServer, add_api_docs
 from .settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         version="1.0.0",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # add_api_docs serves them without a CDN
         redoc_url=None,
     )
     app.state.gateway = gateway
@@ -123,6 +124,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     app.include_router(api_router)
     app.include_router(health.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_api_docs(app, API_PREFIX)
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
@@ -143,6 +145,7 @@ def serve(settings: GatewaySettings) -> int:
     except ValueError as exc:
         raise ServiceConfigError(str(exc)) from exc
     install_redactor(settings.tokens)
+    check_port(settings.host, settings.port, "the gateway", "--port")
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -155,6 +158,6 @@ def serve(settings: GatewaySettings) -> int:
         server_header=False,
         ws_max_size=max(settings.max_request_bytes, 1 << 20),
     )
-    server = uvicorn.Server(config)
+    server = GatewayServer(config, f"{API_PREFIX}/docs")
     server.run()
     return 0 if server.started else 1

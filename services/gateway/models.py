@@ -69,12 +69,22 @@ class Submitted(BaseModel):
     task_id: str = Field(description="ID of the task; its result carries it")
     method: str
     topic: str
+    warning: str | None = Field(
+        default=None,
+        description="Set when no live task server serves the method: the task waits in the "
+        "broker until one does",
+    )
 
 
 class BatchSubmitted(BaseModel):
     """Tasks the broker has accepted, in the order they were given."""
 
     task_ids: list[str]
+    warning: str | None = Field(
+        default=None,
+        description="Set when no live task server serves some of the methods: those tasks "
+        "wait in the broker until one does",
+    )
 
 
 class Timings(BaseModel):

@@ -508,6 +508,19 @@ class GatewayService:
         return campaign_wide or summary.client_id == self.client_id(client)
 
     # ------------------------------------------------------------- status
+    def unserved_warning(self, methods: Sequence[str]) -> str | None:
+        """What to tell a client that submits ``methods`` no live task server serves."""
+        served = self.monitor.methods()
+        missing = sorted({m for m in methods if m not in served})
+        if not missing:
+            return None
+        names = ", ".join(repr(m) for m in missing)
+        offer = ", ".join(served) if served else "none (no task server is alive)"
+        return (
+            f"No live task server serves {names}: the task waits in the broker until one "
+            f"does. Methods served now: {offer}"
+        )
+
     def served_methods(self) -> list[MethodInfo]:
         """The methods served now, from the heartbeats."""
         servers = {s.server_id: s for s in self.monitor.servers()}

@@ -15,11 +15,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from colmena_core.models import Result
 from colmena_core.queue.monitor import HeartbeatPublisher
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.base import FutureBasedTaskServer
 
 from ..common import ServiceConfigError, load_object, redacted, supervised
+from ..record import ResultsFile
 from .settings import TaskServerSettings
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,17 @@ def engine_capacity(settings: TaskServerSettings, config: Any) -> int:
     return max(total, 1)
 
 
+class _RecordingQueues(RabbitMQQueues):
+    """The server's queues, which also append each result sent to the results file."""
+
+    results_file: ResultsFile | None = None
+
+    def send_result(self, result: Result, topic: str | None = None) -> None:
+        super().send_result(result, topic)
+        if self.results_file is not None:
+            self.results_file.record(result)
+
+
 class TaskServerService:
     """The task server, its heartbeats and its health endpoints, in one process."""
 
@@ -81,7 +94,7 @@ class TaskServerService:
                 )
             config = load_parsl_config(settings.parsl_config)
         self.capacity = engine_capacity(settings, config)
-        self.queues = RabbitMQQueues(
+        self.queues = _RecordingQueues(
             url=settings.broker_url,
             campaign=settings.campaign,
             client_id=self.server_id,
@@ -100,6 +113,10 @@ class TaskServerService:
 
             self.server = ParslTaskServer(
                 methods, self.queues, config, max_retries=settings.max_retries
+            )
+        if settings.results_file is not None:
+            self.queues.results_file = ResultsFile(
+                settings.results_file, role="task server", server_id=self.server_id
             )
         self.heartbeats = HeartbeatPublisher(settings.broker_url, settings.campaign)
         self.started = time.time()
@@ -152,7 +169,10 @@ class TaskServerService:
         settings = self.settings
 
         def stop(name: str) -> None:
-            logger.info("Received %s: finishing in-flight tasks", name)
+            in_flight = self.server.in_flight if self.server.ready.is_set() else 0
+            logger.info(
+                "Received %s: finishing in-flight tasks (%d now), then stopping", name, in_flight
+            )
             self.server.request_stop()
 
         with supervised(
@@ -185,4 +205,11 @@ class TaskServerService:
             self.heartbeats.close()
             self.queues.disconnect()
             beat.join(timeout=5)
-            logger.info("Task server %s stopped", self.server_id)
+            if self.queues.results_file is not None:
+                self.queues.results_file.close()
+                logger.debug(
+                    "Wrote %d results to %s",
+                    self.queues.results_file.written,
+                    self.queues.results_file.path,
+                )
+            logger.debug("Task server %s stopped", self.server_id)

@@ -8,10 +8,10 @@ from pydantic import Field
 
 from colmena_core.models.results import MAX_RETRIES
 
-from ..common import ServiceSettings
+from ..common import RecordingSettings
 
 
-class TaskServerSettings(ServiceSettings):
+class TaskServerSettings(RecordingSettings):
     """Serve the methods of a campaign: run the tasks the thinkers send, return their results."""
 
     methods: str = Field(
@@ -48,5 +48,8 @@ class TaskServerSettings(ServiceSettings):
     )
     health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
     health_port: int = Field(
-        default=8081, ge=0, le=65535, description="Port of /healthz and /readyz"
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /readyz (0: a free port, printed at start)",
     )

@@ -3,21 +3,38 @@
 The thinker gets queues on the broker under a stable client ID, so a thinker restarted with
 the same ID receives the results that arrived while it was away. SIGTERM and SIGINT set the
 thinker's ``done`` flag: agents wind down, and results not yet read stay in the broker.
+Agents that are still busy after ``--stop-grace`` seconds are left behind: the process
+exits, and whatever they had not read waits in the broker for the next start.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
+from colmena_core.models import Result
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.thinker import BaseThinker
 
 from ..common import ServiceConfigError, load_object, redacted, supervised
+from ..record import ResultsFile
 from .settings import ThinkerSettings
 
 logger = logging.getLogger(__name__)
+
+
+class _RecordingQueues(RabbitMQQueues):
+    """The thinker's queues, which also append each result it reads to the results file."""
+
+    results_file: ResultsFile | None = None
+
+    def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
+        result = super().get_result(topic, timeout)
+        if result is not None and self.results_file is not None:
+            self.results_file.record(result)
+        return result
 
 
 class ThinkerService:
@@ -30,7 +47,7 @@ class ThinkerService:
             raise ServiceConfigError(
                 f"The thinker factory {settings.thinker_factory!r} is not callable"
             )
-        self.queues = RabbitMQQueues(
+        self.queues = _RecordingQueues(
             topics=settings.topic_list,
             url=settings.broker_url,
             campaign=settings.campaign,
@@ -45,6 +62,11 @@ class ThinkerService:
             )
         self.thinker = thinker
         self.finished = threading.Event()
+        self.stop_requested = threading.Event()
+        if settings.results_file is not None:
+            self.queues.results_file = ResultsFile(
+                settings.results_file, role="thinker", client_id=settings.client_id
+            )
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         return True, {"client_id": self.settings.client_id}
@@ -64,6 +86,7 @@ class ThinkerService:
 
         def stop(name: str) -> None:
             logger.info("Received %s: asking the agents to stop", name)
+            self.stop_requested.set()
             self.thinker.done.set()
 
         with supervised(
@@ -83,9 +106,17 @@ class ThinkerService:
                 redacted(settings.broker_url),
             )
             self.thinker.start()
+            deadline = None
             while self.thinker.is_alive():
-                self.thinker.join(timeout=0.5)
+                self.thinker.join(timeout=0.2)
+                if self.stop_requested.is_set():
+                    deadline = deadline or time.monotonic() + settings.stop_grace
+                    if time.monotonic() >= deadline:
+                        logger.debug("Agents still busy after %s s: leaving", settings.stop_grace)
+                        return 0
             self.finished.set()
+            if self.stop_requested.is_set():
+                return 0
             if settings.kill_on_exit:
                 self.queues.send_kill_signal()
             errors = self.thinker.agent_errors
@@ -99,3 +130,10 @@ class ThinkerService:
             return 0
         finally:
             self.queues.disconnect()
+            if self.queues.results_file is not None:
+                self.queues.results_file.close()
+                logger.debug(
+                    "Wrote %d results to %s",
+                    self.queues.results_file.written,
+                    self.queues.results_file.path,
+                )

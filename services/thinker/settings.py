@@ -6,10 +6,10 @@ from pydantic import Field, field_validator
 
 from colmena_core.names import check_name
 
-from ..common import ServiceSettings
+from ..common import RecordingSettings
 
 
-class ThinkerSettings(ServiceSettings):
+class ThinkerSettings(RecordingSettings):
     """Run a thinker: load its factory, give it queues on the broker, exit with its outcome."""
 
     thinker_factory: str = Field(
@@ -27,7 +27,16 @@ class ThinkerSettings(ServiceSettings):
     )
     health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
     health_port: int = Field(
-        default=8082, ge=0, le=65535, description="Port of /healthz and /readyz"
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /readyz (0: a free port, printed at start)",
+    )
+    stop_grace: float = Field(
+        default=3.0,
+        ge=0,
+        description="Seconds the agents get to wind down after SIGTERM or SIGINT before the "
+        "thinker leaves (results it has not read stay in the broker)",
     )
 
     @field_validator("client_id")

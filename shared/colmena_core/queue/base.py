@@ -395,7 +395,7 @@ class ColmenaQueues(ABC):
                 self._release_input_proxies(result)
             result.time_deserialize_results = result.deserialize()
             result.mark_result_received()
-            logger.info("Client received a %s result with topic %s", result.method, topic)
+            logger.debug("Client received a %s result with topic %s", result.method, topic)
             return result
 
     def decode_result(self, message: bytes | bytearray | memoryview) -> Result:

@@ -16,6 +16,7 @@ from colmena_core.models import Result
 from colmena_core.models.execution import WorkerOutcome
 from colmena_core.queue.base import ColmenaQueues
 from colmena_core.task_server.base import FutureBasedTaskServer, as_served, execute_task
+from colmena_core.task_server.signals import ignore_interrupts
 
 __all__ = ["LocalTaskServer", "method_name"]
 
@@ -92,7 +93,7 @@ class LocalTaskServer(FutureBasedTaskServer):
     def _setup(self) -> None:
         super()._setup()
         if self.pool == "process":
-            self._executor = ProcessPoolExecutor(self.num_workers)
+            self._executor = ProcessPoolExecutor(self.num_workers, initializer=ignore_interrupts)
         else:
             self._executor = ThreadPoolExecutor(self.num_workers)
 

@@ -49,6 +49,7 @@ from colmena_core.proxy import resolve_proxies_async, store_proxy_stats
 from colmena_core.queue.base import ColmenaQueues
 from colmena_core.task_server.base import FutureBasedTaskServer, as_served, execute_packed_task
 from colmena_core.task_server.local import method_name
+from colmena_core.task_server.signals import ignoring_interrupts
 
 __all__ = ["ParslTaskServer"]
 
@@ -324,7 +325,10 @@ class ParslTaskServer(FutureBasedTaskServer):
     # ------------------------------------------------------------------ life cycle
     def _setup(self) -> None:
         super()._setup()
-        self._dfk = DataFlowKernel(self.config)
+        # The interchange and the worker pools are stopped by dfk.cleanup(), not by the Ctrl-C
+        # a terminal sends to the whole process group
+        with ignoring_interrupts():
+            self._dfk = DataFlowKernel(self.config)
         for name, function in self.methods.items():
             options = {"data_flow_kernel": self._dfk, **self.app_options[name]}
             if isinstance(function, ExecutableTask):

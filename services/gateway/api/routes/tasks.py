@@ -49,7 +49,12 @@ async def submit_task(task: TaskRequest, client: Client, gateway: Gateway) -> Su
         raise _unprocessable(["topic"], str(exc)) from None
     except TaskTooLargeError as exc:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from None
-    return Submitted(task_id=task_id, method=task.method, topic=task.topic)
+    return Submitted(
+        task_id=task_id,
+        method=task.method,
+        topic=task.topic,
+        warning=gateway.unserved_warning([task.method]),
+    )
 
 
 @router.post(
@@ -72,6 +77,9 @@ async def submit_batch(batch: TaskBatch, client: Client, gateway: Gateway) -> Ba
         except TopicError as exc:
             raise _unprocessable(["tasks", index, "topic"], str(exc)) from None
     try:
-        return BatchSubmitted(task_ids=await gateway.submit(client, batch.tasks))
+        task_ids = await gateway.submit(client, batch.tasks)
     except TaskTooLargeError as exc:  # none of the batch was sent
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=str(exc)) from None
+    return BatchSubmitted(
+        task_ids=task_ids, warning=gateway.unserved_warning([t.method for t in batch.tasks])
+    )
