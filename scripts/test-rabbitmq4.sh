@@ -30,7 +30,7 @@ modules=(
     tests/test_monitor.py
     tests/test_queue_conformance.py
     tests/test_services.py
-    tests/test_thinker.py
+    tests/test_cluster.py
 )
 export COLMENA_TEST_RABBITMQ_ROOT="$root"
 export COLMENA_TEST_RABBITMQ_CONFIG="$PWD/deploy/rabbitmq/rabbitmq.conf"

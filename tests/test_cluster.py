@@ -9,14 +9,37 @@ task still has exactly one result (the delivery contract, ARCHITECTURE.md §3).
 from __future__ import annotations
 
 import asyncio
+import os
+import time
+from collections.abc import Callable
 
 import pytest
 
+from colmena_core.models import Result
 from colmena_core.queue.amqp import AmqpLink, broker_addresses, redact_url
 from colmena_core.testing import free_port
+from colmena_core.testing.brokers import ThrowawayCampaign, ThrowawayCluster
+from colmena_core.testing.task_servers import (
+    LocalServerStarter,
+    assert_no_more_results,
+    receive_results,
+    stop_task_servers,
+)
 
 WAIT = 60.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
+
+
+def work(index: int, seconds: float = 0.02) -> tuple[int, int]:
+    """A short task (long enough that some are in flight when a node stops); returns its
+    index and the process that ran it."""
+    time.sleep(seconds)  # the work itself, not a synchronisation
+    return index, os.getpid()
+
+
+@pytest.fixture
+def task_server_options() -> dict[str, object]:
+    return {"num_workers": 2, "pool": "thread"}
 
 
 def test_broker_urls_list_the_nodes_of_a_cluster() -> None:
@@ -45,3 +68,55 @@ def test_link_passes_over_a_broker_that_does_not_answer(rabbitmq_url: str) -> No
             await link.close()
 
     assert asyncio.run(connect()) == rabbitmq_url
+
+
+def _campaign_queues(cluster: ThrowawayCluster, campaign: str) -> dict[str, dict[str, object]]:
+    return {
+        queue["name"]: queue
+        for queue in cluster.queues()
+        if queue["name"].startswith(f"colmena.{campaign}.") and queue["type"] == "quorum"
+    }
+
+
+def assert_exactly_once(results: list[Result], sent: set[str]) -> None:
+    ids = [result.task_id for result in results]
+    assert len(ids) == len(set(ids)), "a result was delivered twice"
+    assert set(ids) == sent
+    assert all(result.success for result in results), [
+        r.failure_info for r in results if not r.success
+    ]
+
+
+def test_campaign_survives_losing_the_node_that_leads_its_queues(
+    throwaway_cluster_factory: Callable[..., ThrowawayCluster], start_server: LocalServerStarter
+) -> None:
+    cluster = throwaway_cluster_factory(3)
+    with ThrowawayCampaign(cluster.url, "cluster") as campaign:
+        thinker = campaign.queues(methods=["work"])
+        server = start_server(campaign.queues(prefetch=8), [work])
+        sent = {thinker.send_inputs(i, method="work") for i in range(200)}
+        results = receive_results(thinker, 40, timeout=WAIT)
+
+        # Both clients started on the first node, where their quorum queues were declared:
+        # it leads them, and every node holds a replica.
+        queues = _campaign_queues(cluster, campaign.name)
+        requests = queues[f"colmena.{campaign.name}.requests.work"]
+        results_queue = next(q for name, q in queues.items() if ".results." in name)
+        for queue in queues.values():
+            assert sorted(queue["members"]) == sorted(n.node_name for n in cluster.nodes)
+        leader = cluster.node_named(str(requests["leader"]))
+        assert results_queue["leader"] == leader.node_name
+
+        leader.stop()
+        # Sent while the clients move to another node: kept until a broker confirms them
+        sent |= {thinker.send_inputs(i, method="work") for i in range(200, 300)}
+
+        results += receive_results(thinker, len(sent) - len(results), timeout=WAIT)
+        assert_exactly_once(results, sent)
+        assert_no_more_results(thinker)
+        queues = _campaign_queues(cluster, campaign.name)
+        assert queues[f"colmena.{campaign.name}.requests.work"]["leader"] != leader.node_name
+        stop_task_servers(thinker, server)
+        # The node comes back with its data and rejoins (deleting a quorum queue waits for
+        # every member, so the campaign is deleted once it is back)
+        leader.start()

@@ -32,7 +32,7 @@ picture)::
                               queue per client and topic: .results.<client_id>.<topic>
     .control         fanout   the kill signal; each task server binds .control.<server>
     .heartbeats      fanout   task servers' heartbeats, for monitors
-    .dead            fanout   dead letters, kept in the classic queue .dead-letters
+    .dead            fanout   dead letters, kept in the quorum queue .dead-letters
     .leases          headers  copies of long-running requests (see :mod:`.leases`)
     .leases.expired  headers  leases that were not renewed in time
 

@@ -202,8 +202,9 @@ class ServerRole(Role):
 
     async def _declare_control(self, topology: CampaignTopology) -> None:
         queue = self.names.control_queue(self.server_id)
+        # A quorum queue, like every durable queue of the campaign (see CampaignTopology)
         await topology.declare_queue(
-            queue, {"x-queue-type": "classic", "x-expires": self.idle_expiry_ms()}
+            queue, {"x-queue-type": "quorum", "x-expires": self.idle_expiry_ms()}
         )
         await topology.bind(queue, self.names.control_exchange)
 

@@ -44,6 +44,10 @@ DEFAULT_DELIVERY_LIMIT = 20
 RESULT_DELIVERY_LIMIT = 1000
 """Limit on result redeliveries: explicit, as RabbitMQ 4 defaults to 20."""
 
+DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
+"""Limit on redeliveries of a dead letter (every listing returns them to their queue): explicit
+and high, as RabbitMQ 4 defaults to 20 and drops a message beyond it."""
+
 CONTENT_TYPE = "application/vnd.colmena"
 """Content type of requests and results (the wire format of :mod:`colmena_core.models.wire`)."""
 
@@ -228,7 +232,13 @@ class CampaignTopology:
                 durable=True,
                 arguments=arguments,
             )
-        await self.declare_queue(names.dead_letter_queue, {"x-queue-type": "classic"})
+        # Every durable queue is a quorum queue, replicated in a cluster: a classic queue lives
+        # on the node that declared it, and while that node is down no client can declare it
+        # again, which would stop the campaign.
+        await self.declare_queue(
+            names.dead_letter_queue,
+            {"x-queue-type": "quorum", "x-delivery-limit": DEAD_LETTER_DELIVERY_LIMIT},
+        )
         await self.bind(names.dead_letter_queue, names.dead_exchange)
         arguments = quorum_arguments(self.delivery_limit, names.dead_exchange)
         await self.declare_queue(names.unrouted_queue, arguments)
