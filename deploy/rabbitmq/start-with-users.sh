@@ -1,8 +1,9 @@
 #!/bin/sh
 # Entry point of the compose broker: writes deploy/rabbitmq/definitions.json with the
 # passwords from the environment to where users.conf loads it at boot, then starts RabbitMQ
-# through the image's own entry point. One broker user per service kind (thinker, task
-# server, gateway, monitor), none an administrator; RABBITMQ_DEFAULT_USER is the operators'.
+# (through the image's own entry point when it has one). One broker user per service kind
+# (thinker, task server, gateway, monitor), none an administrator; RABBITMQ_DEFAULT_USER is
+# the operators'.
 # Passwords must be URL-safe (letters, digits, - . _ ~): they also go into broker URLs.
 set -eu
 template=${COLMENA_DEFINITIONS_TEMPLATE:-/etc/colmena/definitions.json}
@@ -25,4 +26,7 @@ sed -e "s|@RABBITMQ_DEFAULT_USER@|$RABBITMQ_DEFAULT_USER|g" \
     -e "s|@COLMENA_MONITOR_BROKER_PASSWORD@|$COLMENA_MONITOR_BROKER_PASSWORD|g" \
     "$template" > "$out"
 if [ "$(id -u)" = 0 ] && id rabbitmq >/dev/null 2>&1; then chown rabbitmq:rabbitmq "$out"; fi
-exec docker-entrypoint.sh "$@"
+# The official image starts through its entry point; an image without one (the smoke test's,
+# made from Debian's package) runs the command itself.
+if command -v docker-entrypoint.sh >/dev/null 2>&1; then exec docker-entrypoint.sh "$@"; fi
+exec "$@"
