@@ -233,7 +233,7 @@ def test_long_polls_are_limited_per_client(gateway: GatewayProcess) -> None:
     def poll(token: str, wait: float = 0) -> httpx.Response:
         return httpx.get(
             f"{gateway.base_url}/api/v1/results",
-            params={"timeout": wait, "topic": "extra"},
+            params={"timeout": wait, "topic": "extra", "max": 1},
             headers=auth(token),
             timeout=WAIT,
         )
@@ -245,7 +245,7 @@ def test_long_polls_are_limited_per_client(gateway: GatewayProcess) -> None:
     capacity = CONNECTIONS * CHANNELS
     answers: list[int] = []
     waiting = [
-        threading.Thread(target=lambda: answers.append(poll(ALICE, 10).status_code))
+        threading.Thread(target=lambda: answers.append(poll(ALICE, WAIT).status_code))
         for _ in range(2)
     ]
     for thread in waiting:
@@ -255,6 +255,14 @@ def test_long_polls_are_limited_per_client(gateway: GatewayProcess) -> None:
     assert refused.status_code == 429 and "retry-after" in refused.headers
     assert "COLMENA_MAX_POLLS_PER_CLIENT" in refused.json()["detail"]
     assert poll(BOB).status_code == 200  # others are not affected
+    for value in (1, 2):  # one result for each waiting long-poll (max=1), which returns
+        answer = httpx.post(
+            f"{gateway.base_url}/api/v1/tasks",
+            json={"method": "add", "args": [value, 0], "topic": "extra"},
+            headers=auth(ALICE),
+            timeout=WAIT,
+        )
+        assert answer.status_code == 202
     for thread in waiting:
         thread.join(WAIT)
     assert answers == [200, 200]
@@ -281,7 +289,11 @@ def test_a_websocket_client_that_stops_reading_loses_nothing(
     wanted = submit_many(gateway, ALICE, "blob", [BLOB] * 300)
     got: set[str] = set()
     with connect(
-        ws_url(gateway, ALICE, ack), open_timeout=WAIT, max_queue=1, compression=None
+        ws_url(gateway, ALICE, ack),
+        open_timeout=WAIT,
+        close_timeout=1,  # its reading is paused: no close handshake
+        max_queue=1,
+        compression=None,
     ) as stalled:
         stop_reading(gateway, stalled, ack, got)
     got |= poll_ids(gateway, ALICE, wanted - got)

@@ -202,16 +202,22 @@ class _DeliveringResponse(Response):
 
     media_type = "application/json"
 
-    def __init__(self, content: bytes, finish: Callable[[bool], Awaitable[None]]) -> None:
+    def __init__(
+        self, content: bytes, finish: Callable[[bool], Awaitable[None]], timeout: float
+    ) -> None:
         super().__init__(content)
         self._finish = finish
+        self._timeout = timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         written = False
         try:
             if not client_gone(receive):  # a server writes nothing to a gone client
-                await super().__call__(scope, receive, send)
+                async with asyncio.timeout(self._timeout):  # a client that does not read
+                    await super().__call__(scope, receive, send)
                 written = True
+        except TimeoutError:
+            logger.info("Gave up a long-poll answer: the client does not read it")
         finally:
             await self._finish(written)
 
@@ -294,7 +300,7 @@ async def poll_results(
         _lingering.add(lingering)
         lingering.add_done_callback(_lingering.discard)
 
-    return _DeliveringResponse(body, finish)
+    return _DeliveringResponse(body, finish, gateway.settings.send_timeout)
 
 
 # -------------------------------------------------------------------- SSE
