@@ -124,6 +124,8 @@ class GatewayClient:
         return response.json()
 
     def _is_new(self, result: Mapping[str, Any]) -> bool:
+        if result.get("complete") is False:  # intermediate results share their task's ID
+            return True
         task_id = str(result.get("task_id"))
         if task_id in self._seen:
             return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 
@@ -18,6 +19,12 @@ def echo(value: Any) -> Any:
 def fail(message: str) -> None:
     """Raise an error with ``message``."""
     raise ValueError(message)
+
+
+def countdown(n: int) -> Generator[int, None, str]:
+    """Yields n, ..., 1 (intermediate results when streamed), then returns ``liftoff``."""
+    yield from range(n, 0, -1)
+    return "liftoff"
 
 
 def noop() -> None:

@@ -15,13 +15,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from gateway_methods import add, echo, fail
+from gateway_methods import add, countdown, echo, fail
 from gateway_support import ALICE, BOB, TOKENS, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.websockets import WebSocketDisconnect
 
+from colmena_core.models.methods import PythonGeneratorMethod
 from colmena_core.queue.monitor import ResultSummary
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.local import LocalTaskServer
@@ -57,7 +58,7 @@ def auth(token: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
     with ThrowawayCampaign(rabbitmq_url, "gateway-api") as campaign:
-        campaign.methods.update({"add", "echo", "fail"})
+        campaign.methods.update({"add", "echo", "fail", "countdown"})
         for client in ("api-alice", "api-bob"):
             campaign.clients[client] = {"default", "extra"}
         yield campaign
@@ -65,8 +66,9 @@ def campaign(rabbitmq_url: str) -> Iterator[ThrowawayCampaign]:
 
 @pytest.fixture(scope="module")
 def task_server(campaign: ThrowawayCampaign) -> Iterator[LocalTaskServer]:
-    queues: RabbitMQQueues = campaign.queues(methods=["add", "echo", "fail"])
-    server = LocalTaskServer([add, echo, fail], queues, num_workers=2, pool="thread")
+    queues: RabbitMQQueues = campaign.queues(methods=["add", "echo", "fail", "countdown"])
+    streams = PythonGeneratorMethod(countdown, store_return_value=True, streaming_queue=queues)
+    server = LocalTaskServer([add, echo, fail, streams], queues, num_workers=2, pool="thread")
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     assert server.ready.wait(WAIT)
@@ -355,6 +357,21 @@ def test_results_over_the_websocket(client: TestClient) -> None:
             received[message["result"]["task_id"]] = message["result"]["value"]
             socket.send_json({"type": "ack", "task_ids": [message["result"]["task_id"]]})
     assert received == {task_id: 2 * i for i, task_id in enumerate(ids)}
+
+
+def test_intermediate_results_reach_the_client_before_the_final_one(client: TestClient) -> None:
+    answer = client.post(
+        "/api/v1/tasks", json={"method": "countdown", "args": [3]}, headers=auth(ALICE)
+    )
+    assert answer.status_code == 202
+    task_id = answer.json()["task_id"]
+    results = poll_until(client, ALICE, 4)
+    assert [(r["task_id"], r["value"], r["complete"]) for r in results] == [
+        (task_id, 3, False),
+        (task_id, 2, False),
+        (task_id, 1, False),
+        (task_id, "liftoff", True),
+    ]
 
 
 def test_methods_and_status(client: TestClient) -> None:

@@ -21,6 +21,7 @@ from colmena_core.models.methods import (
 from colmena_core.queue import ColmenaQueues, PipeQueues
 from colmena_core.task_server import LocalTaskServer
 from colmena_core.task_server.base import convert_to_colmena_method
+from colmena_core.testing.brokers import ThrowawayCampaign
 from colmena_core.testing.task_servers import running_task_server
 from colmena_core.thinker import BaseThinker, agent, result_processor
 
@@ -130,7 +131,7 @@ QueuePair = Callable[[Collection[str]], tuple[ColmenaQueues, ColmenaQueues]]
 """``make_pair(topics)``: the queues of a thinker, and those of a task server that serves it."""
 
 
-@pytest.fixture(params=["pipe", "redis", "redis-signed"])
+@pytest.fixture(params=["pipe", "redis", "redis-signed", "rabbitmq"])
 def make_pair(request: pytest.FixtureRequest) -> Iterator[QueuePair]:
     """Queues of one transport (see ``test_queue_conformance``) for a thinker and a server.
 
@@ -197,4 +198,45 @@ def test_generator_streams_each_yield_to_a_result_processor(
         thinker.join(WAIT)
         assert not thinker.is_alive() and thinker.final.is_set()
     assert thinker.received == [(i, False) for i in range(5)] + [(50, True)]
+    assert queues.active_count == 0
+
+
+def streams_then_hangs_once(marker: str) -> Generator[int, None, str]:
+    """Yields 1 and 2; the first run then hangs (its server is killed), later runs finish."""
+    path = Path(marker)
+    first_run = not path.exists()
+    path.write_text("ran")
+    yield 1
+    yield 2
+    if first_run:
+        threading.Event().wait(WAIT)  # until the test kills this task server
+        return "first run"
+    return "second run"
+
+
+def test_a_streaming_task_outlives_a_killed_rabbitmq_task_server(
+    campaign: ThrowawayCampaign, tmp_path: Path
+) -> None:
+    # RabbitMQ: the request stays unacknowledged until the final result, so a task server
+    # killed after some intermediate results leaves the task to the next one
+    queues = campaign.queues(["stream"])
+    method = PythonGeneratorMethod(streams_then_hangs_once, streaming_queue=queues)
+    method.store_return_value = True
+    first = LocalTaskServer(campaign.queues(["stream"]), [method], num_workers=1)
+    first.start()
+    try:
+        task_id = queues.send_inputs(str(tmp_path / "marker"), method=method.name, topic="stream")
+        early = [queues.get_result("stream", timeout=WAIT) for _ in range(2)]
+        assert [(r.value, r.complete) for r in early if r] == [(1, False), (2, False)]
+    finally:
+        first.kill()
+        first.join(WAIT)
+    second = LocalTaskServer(campaign.queues(["stream"]), [method], num_workers=1)
+    with running_task_server(second, queues, timeout=WAIT):
+        later: list[Result] = []
+        while not later or not later[-1].complete:
+            result = queues.get_result("stream", timeout=WAIT)
+            assert result is not None and result.task_id == task_id
+            later.append(result)
+    assert [(r.value, r.complete) for r in later] == [(1, False), (2, False), ("second run", True)]
     assert queues.active_count == 0

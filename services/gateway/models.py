@@ -99,7 +99,7 @@ class Timings(BaseModel):
 
 
 class TaskResult(BaseModel):
-    """The result of a task. Delivered at least once: de-duplicate by ``task_id``."""
+    """The result of a task. Delivered at least once: de-duplicate final results by ``task_id``."""
 
     task_id: str
     method: str | None
@@ -119,6 +119,11 @@ class TaskResult(BaseModel):
     )
     task_info: dict[str, Any] = Field(default_factory=dict)
     timings: Timings = Field(default_factory=Timings)
+    complete: bool | None = Field(
+        default=None,
+        description="False for an intermediate result of a task that still runs (several may "
+        "share its task_id; its final result follows)",
+    )
 
     @classmethod
     def from_summary(cls, summary: ResultSummary) -> Self:
@@ -134,6 +139,7 @@ class TaskResult(BaseModel):
             inputs=finite_json(summary.inputs),
             task_info=finite_json(summary.task_info),
             timings=Timings(**summary.timings),
+            complete=summary.complete,
         )
 
 

@@ -115,7 +115,8 @@ async def _next_result(
         except Exception as exc:
             await gateway.dead_letter(subscription, delivery, f"undecodable-result: {exc}")
             continue
-        if not seen.add(summary.task_id):
+        # Intermediate results share their task's ID: only final results are de-duplicated
+        if summary.complete is not False and not seen.add(summary.task_id):
             subscription.ack(delivery)  # a duplicate of a result this stream delivered
             continue
         try:

@@ -109,6 +109,8 @@ class ResultSummary:
         inputs: ``{"args": [...], "kwargs": {...}}`` when the inputs were kept and are JSON
         task_info: The user's tracking data
         timings: The life-cycle timestamps and durations of :data:`TIMING_FIELDS` that are set
+        complete: ``False`` for an intermediate result of a running task (its final result
+            follows), else ``True`` or ``None``
     """
 
     task_id: str
@@ -123,6 +125,7 @@ class ResultSummary:
     inputs: dict[str, Any] | None
     task_info: dict[str, Any]
     timings: dict[str, float]
+    complete: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The summary as plain JSON-compatible data."""
@@ -197,6 +200,7 @@ def summarize_result(
         inputs=inputs,
         task_info=dict(result.task_info),
         timings=timings,
+        complete=result.complete,
     )
 
 

@@ -2,8 +2,8 @@
 
 It consumes the request queues of the methods it serves (and the unrouted requests) into
 an :class:`~.bridge.Inbox`, holds each request unacknowledged until the broker confirmed
-its result, then acknowledges it: a server killed mid-task leaves its requests to the next
-server. Requests held longer than ``lease_after`` move to leases (:mod:`.leases`). The kill
+its final result (intermediate results, ``complete`` false, leave it held), then
+acknowledges it: a server killed mid-task leaves its requests to the next server. Requests held longer than ``lease_after`` move to leases (:mod:`.leases`). The kill
 signal arrives on the server's own control queue and is raised to a caller once the
 requests queued before it are taken.
 
@@ -170,7 +170,9 @@ class ServerRole(Role):
                 self.settings.client_id,
             )
             reply_to = self.settings.client_id
-        publish = self._result_publication(result.task_id, result.topic, reply_to, message)
+        # An intermediate result leaves the request held: the task still runs
+        final = result.complete is not False
+        publish = self._result_publication(result.task_id, result.topic, reply_to, message, final)
         publish.budget = len(message)
         bridge.publish(publish, self.settings.publish_timeout)
 
@@ -427,7 +429,7 @@ class ServerRole(Role):
 
     # ---------------------------------------------------------- results
     def _result_publication(
-        self, task_id: str, topic: str, reply_to: str, message: bytes
+        self, task_id: str, topic: str, reply_to: str, message: bytes, final: bool = True
     ) -> Outgoing:
         routing_key = self.names.result_routing_key(reply_to, topic)
         publish = Outgoing(
@@ -437,23 +439,33 @@ class ServerRole(Role):
             result_properties(task_id),
             mandatory=True,
         )
-        publish.on_confirm = partial(self._result_confirmed, task_id, publish)
-        publish.on_failed = partial(self._result_refused, task_id, topic, reply_to, publish)
+        publish.on_confirm = partial(self._result_confirmed, task_id, publish, final)
+        publish.on_failed = partial(self._result_refused, task_id, topic, reply_to, publish, final)
         return publish
 
     def _result_refused(
-        self, task_id: str, topic: str, reply_to: str, publish: Outgoing, error: BaseException
+        self,
+        task_id: str,
+        topic: str,
+        reply_to: str,
+        publish: Outgoing,
+        final: bool,
+        error: BaseException,
     ) -> None:
         """Send a failure saying why in place of a result the broker does not take."""
         if not isinstance(error, PublishRefusedError):
             return  # closing: the request stays unacknowledged and runs again elsewhere
         logger.error("The broker refused the result of task %s: %s", task_id, error)
+        if not final:
+            return  # an intermediate result: the task still runs and sends its final one
         failure = refusal(publish.body, error, self.signer)
         if failure is not None:  # small: outside the publish budget, which would block here
             message = encode_result(failure, self.signer)
             self.bridge.enqueue(self._result_publication(task_id, topic, reply_to, message))
 
-    def _result_confirmed(self, task_id: str, publish: Outgoing, returned: bool) -> None:
+    def _result_confirmed(
+        self, task_id: str, publish: Outgoing, final: bool, returned: bool
+    ) -> None:
         if returned:
             logger.error(
                 "No queue takes the result of task %s (routing key %s): dead-lettering it",
@@ -473,6 +485,8 @@ class ServerRole(Role):
                     copy_properties(publish.properties, headers),
                 )
             )
+        if not final:
+            return  # the request stays held (or leased) until the final result
         entry = self.held.pop(task_id, None)
         self.completed[task_id] = None
         if len(self.completed) > COMPLETED_KEPT:
