@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from pydantic import ValidationError
 
 from colmena_core.models import Result
 from colmena_core.queue.amqp import AmqpLink, broker_addresses, redact_url
@@ -25,6 +26,7 @@ from colmena_core.testing.task_servers import (
     receive_results,
     stop_task_servers,
 )
+from colmena_services.common import ServiceSettings, redacted
 
 WAIT = 60.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
@@ -53,6 +55,16 @@ def test_broker_urls_list_the_nodes_of_a_cluster() -> None:
         broker_addresses("amqp://node-0/,http://node-1/")
     with pytest.raises(ValueError, match="No broker"):
         broker_addresses(" , ")
+
+
+def test_services_take_a_cluster_as_comma_separated_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLMENA_BROKER_URL", "amqp://u:pw-0@node-0:5672/, amqp://u:pw-1@node-1/")
+    url = ServiceSettings().broker_url
+    assert broker_addresses(url) == ["amqp://u:pw-0@node-0:5672/", "amqp://u:pw-1@node-1/"]
+    assert "pw-0" not in redacted(url) and "pw-1" not in redacted(url)
+    monkeypatch.setenv("COLMENA_BROKER_URL", "amqp://u:pw-0@node-0:5672/,node-1:5672")
+    with pytest.raises(ValidationError, match="amqp://"):
+        ServiceSettings()
 
 
 def test_link_passes_over_a_broker_that_does_not_answer(rabbitmq_url: str) -> None:
