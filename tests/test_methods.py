@@ -240,3 +240,24 @@ def test_a_streaming_task_outlives_a_killed_rabbitmq_task_server(
             later.append(result)
     assert [(r.value, r.complete) for r in later] == [(1, False), (2, False), ("second run", True)]
     assert queues.active_count == 0
+
+
+def test_resources_record_and_times_on_every_transport(make_pair: QueuePair) -> None:
+    queues, server_queues = make_pair(["stream"])
+    methods: list[Callable[..., Any]] = [allocation, own_record]
+    with running_task_server(LocalTaskServer(server_queues, methods), queues, timeout=WAIT):
+        queues.send_inputs(
+            "sim",
+            method="allocation",
+            topic="stream",
+            resources={"node_count": 4, "cpu_processes": 2},
+        )
+        allocated = queues.get_result("stream", timeout=WAIT)
+        task_id = queues.send_inputs(method="own_record", topic="stream", task_info={"k": 1})
+        record = queues.get_result("stream", timeout=WAIT)
+    assert allocated is not None and allocated.value == "sim: 4 nodes, 8 ranks"
+    assert record is not None and record.value == (task_id, "own_record", {"k": 1})
+    # Colmena 0.7's views of the times, filled along the way
+    assert allocated.time.running is not None and allocated.time.running >= 0
+    stamps = allocated.timestamp
+    assert stamps.created <= stamps.compute_started <= stamps.result_sent <= stamps.result_received

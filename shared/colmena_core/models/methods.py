@@ -28,7 +28,9 @@ import contextvars
 import inspect
 import logging
 from collections.abc import Callable, Generator, Iterable
+from functools import lru_cache
 from time import perf_counter
+from types import FunctionType
 from typing import TYPE_CHECKING, Any
 
 from colmena_core.models.resources import ResourceRequirements
@@ -59,6 +61,17 @@ _sink: contextvars.ContextVar[ResultSink | None] = contextvars.ContextVar(
 
 def accepts_parameter(function: Callable[..., Any], name: str) -> bool:
     """Whether ``function`` declares a parameter called ``name`` (``**kwargs`` does not count)."""
+    if isinstance(function, FunctionType):  # the common case, asked for every task: cached
+        return _function_accepts(function, name)
+    return _accepts(function, name)
+
+
+@lru_cache(maxsize=1024)
+def _function_accepts(function: FunctionType, name: str) -> bool:
+    return _accepts(function, name)
+
+
+def _accepts(function: Callable[..., Any], name: str) -> bool:
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):  # builtins without a signature
