@@ -27,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from colmena_core.queue.monitor import CampaignMonitor, HeartbeatPublisher
 from colmena_core.queue.rabbitmq import RabbitMQQueues
+from colmena_core.security import SECRET_VARIABLE, new_secret
 from colmena_core.task_server.local import LocalTaskServer
 from colmena_core.testing import wait_until
 from colmena_services.gateway.app import create_app
@@ -182,7 +183,11 @@ def _refused(url: str, action: Any) -> str:
             connection.close()
 
 
-def test_each_service_kind_runs_a_campaign_with_its_own_user(user_urls: dict[str, str]) -> None:
+def test_each_service_kind_runs_a_campaign_with_its_own_user(
+    user_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As deployed: every service signs with the campaign secret (the gateway's tasks too)
+    monkeypatch.setenv(SECRET_VARIABLE, new_secret())
     thinker = RabbitMQQueues(
         url=user_urls["thinker"], campaign=CAMPAIGN, client_id="thinker", methods=["add"]
     )

@@ -29,6 +29,7 @@ from colmena_core.queue.monitor import CampaignMonitor, ResultSummary, summarize
 from colmena_core.queue.rabbitmq import DEFAULT_DELIVERY_LIMIT, CampaignNames, CampaignTopology
 from colmena_core.queue.rabbitmq.admin import dead_letters_over, queue_depths_over
 from colmena_core.queue.rabbitmq.topology import REASON_HEADER, ROUTING_KEY_HEADER
+from colmena_core.security import signer_for
 
 from .broker import BrokerBusyError, BrokerLink, BrokerUnavailableError, Delivery, Subscription
 from .history import CampaignHistory
@@ -263,6 +264,9 @@ class GatewayService:
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
         self.names = CampaignNames(settings.campaign)
+        self.signer = signer_for()  # the campaign secret of the environment (docs/security.md)
+        if self.signer is None:
+            logger.warning("No campaign secret (COLMENA_CAMPAIGN_SECRET): messages are not signed")
         self.topics: list[str] = sorted(set(settings.topic_list) | {"default"})
         self.link = BrokerLink(
             settings.broker_url,
@@ -408,7 +412,9 @@ class GatewayService:
             type=task.method,
             timestamp=int(time.time()),
         )
-        return result.task_id, encode_result(result), properties
+        if self.signer is not None:
+            result.reply_tag = self.signer.reply_tag(self.client_id(client), result.task_id)
+        return result.task_id, encode_result(result, self.signer), properties
 
     async def submit(self, client: str, tasks: Sequence[TaskRequest]) -> list[str]:
         """Send tasks for ``client``; return once the broker confirmed every one.
@@ -459,14 +465,13 @@ class GatewayService:
             release()
             raise LimitReachedError(f"{exc}: retry later", "gateway_full", status=503) from None
 
-    @staticmethod
-    def decode(body: bytes, routing_key: str | None = None) -> ResultSummary:
-        """A summary of a result message.
+    def decode(self, body: bytes, routing_key: str | None = None) -> ResultSummary:
+        """A summary of a result message, its signature checked first.
 
         Raises:
-            MessageDecodeError: it is not a result message
+            MessageDecodeError: it is not a result message, or it is badly signed
         """
-        return summarize_result(body, routing_key)
+        return summarize_result(body, routing_key, self.signer)
 
     async def dead_letter(
         self, subscription: Subscription, delivery: Delivery, reason: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -84,7 +85,8 @@ class TaskServerService:
 
     def __init__(self, settings: TaskServerSettings) -> None:
         self.settings = settings
-        self.server_id = settings.server_id or f"{platform.node()}-{os.getpid()}"
+        host = re.sub(r"[^A-Za-z0-9_-]", "-", platform.node().split(".")[0])[:48].strip("-_")
+        self.server_id = settings.server_id or f"{host or 'server'}-{os.getpid()}"
         methods = load_methods(settings.methods)
         config = None
         if settings.engine == "parsl":

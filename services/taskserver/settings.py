@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from colmena_core.models.results import MAX_RETRIES
+from colmena_core.names import check_name
 
 from ..common import RecordingSettings
 
@@ -32,6 +33,12 @@ class TaskServerSettings(RecordingSettings):
         default=None,
         description="Name of this task server in heartbeats (default: host name and pid)",
     )
+
+    @field_validator("server_id")
+    @classmethod
+    def _server_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_name(value, "the task server ID")
+
     max_retries: int = Field(
         default=0,
         ge=0,

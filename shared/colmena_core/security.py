@@ -29,6 +29,7 @@ __all__ = [
     "MessageSigner",
     "load_secret",
     "new_secret",
+    "signer_for",
 ]
 
 SECRET_VARIABLE = "COLMENA_CAMPAIGN_SECRET"
@@ -123,3 +124,13 @@ class MessageSigner:
         """
         text = f"{client_id}\0{task_id}".encode()
         return hmac.new(self._key, _REPLY_LABEL + text, hashlib.sha256).hexdigest()[:32]
+
+
+def signer_for(secret: str | bytes | None = None) -> MessageSigner | None:
+    """A signer for ``secret`` or the campaign secret of the environment (``None``: none set).
+
+    Raises:
+        ValueError: see :func:`load_secret`
+    """
+    loaded = load_secret(secret)
+    return None if loaded is None else MessageSigner(loaded)
