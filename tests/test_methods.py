@@ -261,3 +261,26 @@ def test_resources_record_and_times_on_every_transport(make_pair: QueuePair) -> 
     assert allocated.time.running is not None and allocated.time.running >= 0
     stamps = allocated.timestamp
     assert stamps.created <= stamps.compute_started <= stamps.result_sent <= stamps.result_received
+
+
+def blobs(*sizes: int) -> Generator[bytes, None, str]:
+    for size in sizes:
+        yield b"x" * size
+    return "all sent"
+
+
+def test_an_intermediate_result_too_large_is_a_failure_and_the_task_goes_on() -> None:
+    queues = PipeQueues()
+    queues.max_message_size = 20_000
+    method = PythonGeneratorMethod(blobs, store_return_value=True, streaming_queue=queues)
+    with running_task_server(LocalTaskServer(queues, [method]), queues, timeout=WAIT):
+        task_id = queues.send_inputs(10, 50_000, 20, method="blobs")
+        received = [queues.get_result(timeout=WAIT) for _ in range(4)]
+    assert all(r is not None and r.task_id == task_id for r in received)
+    small, large, after, final = (r for r in received if r)
+    assert (small.success, small.complete, small.value) == (True, False, b"x" * 10)
+    assert (large.success, large.complete, large.value) == (False, False, None)
+    assert large.failure_info is not None and "20,000 bytes" in large.failure_info.exception
+    assert (after.complete, after.value) == (False, b"x" * 20)
+    assert (final.success, final.complete, final.value) == (True, True, "all sent")
+    assert queues.active_count == 0

@@ -508,8 +508,11 @@ class ColmenaQueues(ABC):
         if too_large is not None:
             logger.error("%s", too_large)
             # The thinker still gets one result for its task: the failure, without the value
+            intermediate = result.complete is False
             result.drop_payloads(inputs=False)
             result.set_failure(too_large)
+            if intermediate:  # the task goes on: its final result still follows
+                result.complete = False
             message = encode_result(result, self.signer)
             if not self._fits(message):  # the inputs it kept are too large too
                 result.drop_payloads(inputs=True)
