@@ -442,11 +442,18 @@ def test_bad_bodies_get_a_fast_4xx_and_the_event_loop_keeps_serving(
     many = json.dumps({"tasks": [{"method": "noop"}] * 100_000}).encode()
     answer = post(many, path="/api/v1/tasks/batch")
     assert answer.status_code == 422 and "at most 1000 tasks" in answer.text
+    # A WebSocket message that claims to be text and is not: closed, no traceback
+    with connect(ws_url(gateway, ALICE) + "&topic=extra", open_timeout=WAIT) as stream:
+        stream.send(b"\xff\xfe", text=True)
+        with pytest.raises(ConnectionClosed) as closed:
+            stream.recv(timeout=WAIT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
     stop.set()
     watcher.join(WAIT)
     # /healthz answered all along (its latencies, not asserted: see the gateway benchmark)
     assert health and all(status == 200 for status, _ in health)
     assert "Traceback" not in gateway.output()
+    assert "sent text that is not UTF-8" in gateway.output()  # said, in one line
     assert metric(gateway, "colmena_gateway_refused_total", reason="too_deep") >= 4
     assert metric(gateway, "colmena_gateway_refused_total", reason="unauthorized") >= 5
     assert metric(gateway, "colmena_gateway_request_seconds_count", route="/healthz") >= 1

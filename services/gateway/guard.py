@@ -366,11 +366,35 @@ class TokenRedactor(logging.Filter):
         return True
 
 
+CLIENT_CAUSED = {
+    "Invalid UTF-8 sequence received from client.": "A WebSocket client sent text that is "
+    "not UTF-8: closed with code 1007",
+    "ASGI callable returned without completing response.": "An answer was cut short: its "
+    "client stopped reading it",
+}
+"""uvicorn's error lines about what a client did (and its traceback), as the gateway says them."""
+
+
+class ClientErrorsAsInfo(logging.Filter):
+    """uvicorn logs some client errors as server errors, one with a traceback: they become
+    one line at INFO (see :data:`CLIENT_CAUSED`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        said = CLIENT_CAUSED.get(str(record.msg))
+        if said is not None:
+            record.msg, record.args = said, None
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def install_redactor(tokens: Iterable[str]) -> TokenRedactor:
-    """Filter tokens out of uvicorn's loggers and every handler of the root logger."""
+    """Filter tokens out of uvicorn's loggers and every handler of the root logger, and
+    tell client errors that uvicorn logs as server errors for what they are."""
     redactor = TokenRedactor(tokens)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).addFilter(redactor)
+    logging.getLogger("uvicorn.error").addFilter(ClientErrorsAsInfo())
     for handler in logging.getLogger().handlers:
         handler.addFilter(redactor)
     return redactor
