@@ -9,8 +9,9 @@
 # The root is cached outside the repository, in $COLMENA_RABBITMQ4_ROOT (default
 # /var/cache/colmena/rabbitmq4-root): the first run takes about ten minutes (debootstrap
 # downloads ~100 MB of packages), later runs return at once. A root is only published under
-# that name once it is complete (built aside, then renamed), so an interrupted build never
-# leaves a half-made cache behind; concurrent runs wait for each other (flock).
+# that name once it is complete (built aside in <root>.building, then renamed), so an
+# interrupted build never leaves a half-made cache behind, and the next run starts over;
+# concurrent runs wait for each other (flock).
 # Needs root (debootstrap) and the Debian mirror in $COLMENA_DEBIAN_MIRROR
 # (default http://deb.debian.org/debian).
 set -euo pipefail
@@ -25,6 +26,9 @@ complete() {
 }
 
 if complete; then
+    # Directories of throwaway nodes whose test run was killed (a day old: none is running)
+    find "$root/tmp" -mindepth 1 -maxdepth 1 -name 'colmena-rabbitmq-*' -mmin +1440 \
+        -exec rm -rf {} + 2>/dev/null || true
     echo "$root"
     exit 0
 fi
@@ -49,16 +53,19 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends debootstrap debian-archive-keyring >/dev/null
 fi
 
-# Anything left by an interrupted run (never mounted: the build does not mount anything we
-# leave behind, debootstrap unmounts its own proc/sys on exit) is removed before starting.
+# A root is published under its name only once complete (see above): anything else there is
+# not ours, and is left alone.
+if [ -e "$root" ]; then
+    echo "rabbitmq4-root: $root exists but is not a complete root made by this script;" \
+        "remove it or set COLMENA_RABBITMQ4_ROOT elsewhere." >&2
+    exit 1
+fi
+# What an interrupted build left (debootstrap may leave its proc/sys mounts) goes first.
 work="$root.building"
 for mount_point in "$work/proc" "$work/dev" "$work/sys"; do
     if mountpoint -q "$mount_point" 2>/dev/null; then umount -l "$mount_point"; fi
 done
 rm -rf "$work"
-if [ -e "$root" ]; then # a directory without the marker: not ours to trust
-    rm -rf "$root"
-fi
 
 echo "rabbitmq4-root: building a $suite root with rabbitmq-server in $root (about 10 min)" >&2
 debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$work" "$mirror" >&2
