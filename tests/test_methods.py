@@ -4,11 +4,15 @@ intermediate results to a thinker on every transport."""
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Collection, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from proxystore.connectors.file import FileConnector
+from proxystore.proxy import Proxy
+from proxystore.store import Store, unregister_store
 from task_server_support import WAIT, Ranks, fake_mpi_launch
 from test_queue_conformance import BACKENDS
 
@@ -284,3 +288,21 @@ def test_an_intermediate_result_too_large_is_a_failure_and_the_task_goes_on() ->
     assert (after.complete, after.value) == (False, b"x" * 20)
     assert (final.success, final.complete, final.value) == (True, True, "all sent")
     assert queues.active_count == 0
+
+
+def test_large_intermediate_values_travel_by_proxy(tmp_path: Path) -> None:
+    name = f"stream-{uuid.uuid4().hex[:8]}"
+    with Store(name, FileConnector(str(tmp_path)), register=True) as store:
+        try:
+            queues = PipeQueues(proxystore_name=store.name, proxystore_threshold=10_000)
+            method = PythonGeneratorMethod(blobs, streaming_queue=queues)
+            with running_task_server(LocalTaskServer(queues, [method]), queues, timeout=WAIT):
+                queues.send_inputs(100_000, 10, method="blobs")
+                large, small, final = (queues.get_result(timeout=WAIT) for _ in range(3))
+            assert large is not None and small is not None and final is not None
+            assert large.message_sizes["value"] < 10_000  # only the proxy crossed the pipe
+            assert isinstance(large.value, Proxy) and large.value == b"x" * 100_000
+            assert small.value == b"x" * 10 and not isinstance(small.value, Proxy)
+            assert final.complete and final.value is None
+        finally:
+            unregister_store(name)
