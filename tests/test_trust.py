@@ -100,6 +100,8 @@ def test_the_helm_schema_uses_the_same_name_rule() -> None:
     assert schema["properties"]["campaign"]["pattern"] == NAME_PATTERN
     thinker = schema["properties"]["thinker"]["properties"]
     assert thinker["clientId"]["pattern"] == NAME_PATTERN
+    tokens = schema["properties"]["gateway"]["properties"]["auth"]["properties"]["tokens"]
+    assert tokens["items"]["properties"]["clientId"]["pattern"] == NAME_PATTERN
 
 
 def test_send_inputs_refuses_names_over_the_limits() -> None:
