@@ -210,3 +210,30 @@ def test_a_signed_result_for_another_client_is_dropped_unopened(
         campaign.publish(campaign.names.results_exchange, key, encode_result(forged, signer))
     campaign.round_trip()
     assert not marker.exists()
+
+
+def test_the_longest_names_work_on_the_broker(rabbitmq_url: str) -> None:
+    # Campaign, client ID and topic at 64 characters and a method at 128 build the longest
+    # queue names and routing keys there are: they stay within AMQP's 255 bytes
+    def longest(a: int, b: int) -> int:
+        return a + b
+
+    longest.__name__ = "m" * METHOD_MAX_LENGTH
+    with ThrowawayCampaign(rabbitmq_url, "h" * (NAME_MAX_LENGTH - 11)) as throwaway:
+        assert len(throwaway.name) == NAME_MAX_LENGTH
+        topic, client_id = "t" * NAME_MAX_LENGTH, "c" * NAME_MAX_LENGTH
+        thinker = throwaway.queues([topic], client_id=client_id, methods=[longest.__name__])
+        thinker.set_role("client")
+        server = LocalTaskServer(
+            [longest], throwaway.queues(methods=[longest.__name__]), num_workers=1, pool="thread"
+        )
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            assert server.ready.wait(WAIT)
+            task_id = thinker.send_inputs(2, 3, method=longest.__name__, topic=topic)
+            result = thinker.get_result(topic, timeout=WAIT)
+            assert result is not None and result.task_id == task_id and result.value == 5
+        finally:
+            server.request_stop()
+            thread.join(WAIT)
