@@ -337,7 +337,9 @@ class EventResponderSpec(AgentSpec):
                 arrival = barrier.wait()
             except threading.BrokenBarrierError:
                 break  # the thinker is winding down: another responder will not arrive
-            if arrival == 0:
+            # The last to arrive ran the barrier's action and is never held after it: a
+            # barrier aborted as the thinker winds down cannot keep it from reporting
+            if arrival == barrier.parties - 1:
                 thinker.logger.info(
                     "All responses to event %s complete. Time elapsed: %.3f s",
                     self.event_name,
