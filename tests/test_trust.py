@@ -302,3 +302,22 @@ def test_redis_queues_with_different_secrets_do_not_talk(
         thinker.flush()
         thinker.disconnect()
         stranger.disconnect()
+
+
+def test_a_restarted_client_accepts_the_results_of_its_tasks(
+    redis_pair: tuple[RedisQueues, RedisQueues, redis.Redis],
+) -> None:
+    # The reply tag needs no memory of what was sent: a new client object with the same
+    # address (a thinker restarted with the same client ID) takes the results
+    thinker, server, _ = redis_pair
+    task_id = thinker.send_inputs(1, 2, method="add", topic="work")
+    thinker.disconnect()
+    _serve(server)
+    restarted = RedisQueues(
+        ["work"], hostname=thinker.hostname, port=thinker.port, prefix=thinker.prefix, secret=SECRET
+    )
+    try:
+        result = restarted.get_result("work", timeout=WAIT)
+        assert result is not None and result.task_id == task_id and result.value == 3
+    finally:
+        restarted.disconnect()
