@@ -438,6 +438,9 @@ def test_bad_bodies_get_a_fast_4xx_and_the_event_loop_keeps_serving(
         )
         assert answer.status_code == 422, answer.text
         assert answer.json()["detail"][0]["msg"]
+    # Numbers Python refuses to convert
+    answer = post(b'{"method": "echo", "args": [1' + b"0" * 5000 + b"]}")
+    assert answer.status_code == 400 and "digits" in answer.json()["detail"]
     # A batch far over the limit: refused before it is parsed
     many = json.dumps({"tasks": [{"method": "noop"}] * 100_000}).encode()
     answer = post(many, path="/api/v1/tasks/batch")

@@ -16,9 +16,11 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from colmena_core.queue.rabbitmq import BrokerConnectionError
 
@@ -101,6 +103,16 @@ def create_app(settings: GatewaySettings) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         gateway.metrics.refuse("invalid")
         return JSONResponse({"detail": _client_errors(exc.errors())}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, ValueError):
+            # FastAPI's answer to a body its JSON parser refused with something else than
+            # a decode error (an integer of more digits than Python converts, say)
+            gateway.metrics.refuse("invalid")
+            return JSONResponse({"detail": f"The body is not valid JSON: {cause}"}, 400)
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(LimitReachedError)
     async def limit_reached(request: Request, exc: LimitReachedError) -> JSONResponse:
