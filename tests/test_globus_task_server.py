@@ -64,6 +64,8 @@ class FakeClient:
     def __init__(self, log: Path) -> None:
         self.log = log
         self.functions: dict[str, bytes] = {}
+        self.lose_manager_once: set[str] = set()
+        """Names of functions whose first task the service loses with its manager"""
 
     def register_function(self, function: Callable[..., Any]) -> str:
         function_id = str(uuid.uuid4())
@@ -91,6 +93,11 @@ class FakeExecutor:
         packed = (kwargs or {})["task"]
         assert isinstance(WorkerTask.unpack(packed), WorkerTask)  # compact, not a Result
         _write(self.client.log, f"submit {self.endpoint_id} {function.__name__}")
+        if function.__name__ in self.client.lose_manager_once:
+            self.client.lose_manager_once.discard(function.__name__)
+            lost: Future[Any] = Future()
+            lost.set_exception(RuntimeError("Task failure due to loss of manager 4f2a on ep"))
+            return lost
         return self.pool.submit(function, *(args or ()), **(kwargs or {}))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -211,6 +218,16 @@ def test_generator_streams_intermediate_results_from_the_endpoint(cloud: FakeCli
     assert all(r is not None and r.task_id == task_id for r in received)
     assert [r.complete for r in received if r] == [False] * 4 + [True]
     assert [r.value for r in received if r] == [0, 1, 4, 9, 4]
+
+
+def test_a_task_lost_with_its_manager_runs_again(cloud: FakeClient) -> None:
+    cloud.lose_manager_once.add("simulate")
+    with running_server({simulate: CPU_ENDPOINT}, cloud) as queues:
+        queues.send_inputs(1, method="simulate")
+        result = queues.get_result(timeout=WAIT)
+    assert result is not None and result.success and result.value == 2
+    assert result.retries == 0  # not the task's fault: no retry used
+    assert [name for _, name in log_lines(cloud, "submit")] == ["simulate", "simulate"]
 
 
 def test_registered_method_runs_a_packed_task() -> None:

@@ -40,6 +40,10 @@ _INSTALL_HINT = (
 )
 
 
+_LOST_MANAGER = "Task failure due to loss of manager"
+"""How Globus Compute describes a task lost with the manager that ran it."""
+
+
 def _sdk() -> Any:
     """The Globus Compute SDK, or an ImportError that says how to install it."""
     try:
@@ -168,6 +172,19 @@ class GlobusComputeTaskServer(FutureBasedTaskServer):
             function_id, kwargs={"task": packed}
         )
         return future
+
+    def perform_callback(self, future: Future[Any], result: Result, topic: str) -> None:
+        """Send the result back; a task lost with its endpoint's manager is submitted again.
+
+        Globus Compute reports a task whose manager (the endpoint's node agent) was lost as
+        failed, through no fault of the task: it runs again without counting as a retry.
+        """
+        error = future.exception()
+        if error is not None and _LOST_MANAGER in str(error):
+            logger.info("Task %s was lost with its manager: submitting it again", result.task_id)
+            self.process_queue(topic, result)
+            return
+        super().perform_callback(future, result, topic)
 
     def _cleanup(self) -> None:
         executors, self._executors = list(self._executors.items()), {}
