@@ -208,8 +208,14 @@ def launch(settings: LaunchSettings) -> int:
                 "COLMENA_CAMPAIGN": settings.campaign,
                 "COLMENA_LOG_LEVEL": settings.log_level,
             }
+            secret_file: Path | None = None
             if not env.get(SECRET_VARIABLE) and not env.get(SECRET_FILE_VARIABLE):
-                env[SECRET_VARIABLE] = new_secret()  # the services of this campaign sign with it
+                # The services of this campaign sign their messages with it; a thinker or
+                # task server of the user's joins with COLMENA_CAMPAIGN_SECRET_FILE
+                secret_file = run_dir / "campaign-secret"
+                secret_file.touch(mode=0o600)
+                secret_file.write_text(new_secret())
+                env[SECRET_FILE_VARIABLE] = str(secret_file)
             gateway_env = {**env, "COLMENA_GATEWAY_TOKENS": tokens}
             gateway_env.setdefault("COLMENA_GATEWAY_MONITORS", client)
             services["task server"] = _Service(
@@ -257,7 +263,12 @@ def launch(settings: LaunchSettings) -> int:
                     + f"\nDashboard: {base}/#token={token}"
                     f"\nAPI docs:  {base}/api/v1/docs (API token of client {client!r}: {token})"
                     f"\nLogs:      {run_dir}/ (taskserver.log, thinker.log, gateway.log)"
-                    f"\nResults:   {results} (draw them: colmena report {results})"
+                    + (
+                        f"\nSecret:    {SECRET_FILE_VARIABLE}={secret_file} to join the campaign"
+                        if secret_file is not None
+                        else ""
+                    )
+                    + f"\nResults:   {results} (draw them: colmena report {results})"
                     "\nPress Ctrl-C to stop.",
                     flush=True,
                 )
