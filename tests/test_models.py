@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
@@ -232,6 +233,12 @@ def test_timestamp_and_time_views_read_and_write_the_flat_fields() -> None:
 
     result.time = {"serialize_inputs": 0.5}  # assigning a group sets the values it names
     assert result.time_serialize_inputs == 0.5 and result.time_running == 2.5
+
+    # As in 0.7, a time not recorded reads as NaN through the views (None in the flat field)
+    assert result.time_result_received is None and math.isnan(result.timestamp.result_received)
+    assert math.isnan(result.time.model_dump()["serialize_results"])
+    result.time.running = math.nan  # writing NaN leaves it unrecorded
+    assert result.time_running is None
     with pytest.raises(AttributeError, match="running"):
         result.time.runing = 1.0  # a typo is an error, not a silently lost value
     with pytest.raises(AttributeError):

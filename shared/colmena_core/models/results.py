@@ -9,6 +9,7 @@ see :mod:`colmena_core.models.wire` for the bytes on the wire.
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import platform
 import time
@@ -171,7 +172,9 @@ class _FieldView:
     """Attribute access to some fields of a :class:`Result` under other names.
 
     The result keeps one copy of each value (its flat ``time_*`` fields, which the wire
-    carries); a view reads and writes them, so both spellings always agree.
+    carries); a view reads and writes them, so both spellings always agree. As in Colmena
+    0.7, a time not recorded reads as NaN through a view (``None`` in the flat field), and
+    NaN written through a view leaves it unrecorded.
     """
 
     __slots__ = ("_result",)
@@ -193,9 +196,12 @@ class _FieldView:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self._result, self._field(name))
+        field = self._field(name)
+        return _shown(field, getattr(self._result, field))
 
     def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, float) and math.isnan(value):
+            value = None
         setattr(self._result, self._field(name), value)
 
     def __dir__(self) -> list[str]:
@@ -203,6 +209,11 @@ class _FieldView:
 
     def model_dump(self) -> dict[str, Any]:
         """The values as a dictionary, under the names of the view."""
+        return {
+            name: _shown(field, getattr(self._result, field)) for name, field in self._names.items()
+        }
+
+    def _raw(self) -> dict[str, Any]:
         return {name: getattr(self._result, field) for name, field in self._names.items()}
 
     def update(self, values: Mapping[str, Any] | _FieldView | BaseModel) -> None:
@@ -214,7 +225,7 @@ class _FieldView:
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, _FieldView):
-            return type(other) is type(self) and other.model_dump() == self.model_dump()
+            return type(other) is type(self) and other._raw() == self._raw()
         return NotImplemented
 
     __hash__ = None  # type: ignore[assignment]
@@ -226,13 +237,20 @@ class _FieldView:
     dict = model_dump  # the name of pydantic 1, which Colmena 0.7 used
 
 
+def _shown(field: str, value: Any) -> Any:
+    """A flat field's value as a view shows it: an unrecorded time is NaN."""
+    if value is None and field.startswith("time_"):
+        return math.nan
+    return value
+
+
 class Timestamps(_FieldView):
     """When the key events of a task happened (Unix times), as Colmena 0.7 groups them.
 
     ``result.timestamp.created`` is ``result.time_created``, and so on for
     ``input_received``, ``compute_started``, ``compute_ended``, ``result_sent``,
-    ``result_received``, ``start_task_submission`` and ``task_received``. Unset times are
-    ``None``.
+    ``result_received``, ``start_task_submission`` and ``task_received``. Unset times read
+    as NaN.
     """
 
     __slots__ = ()
