@@ -181,3 +181,25 @@ def test_parsl_worker_rank_and_pool_reach_worker_info(monkeypatch: pytest.Monkey
         "PARSL_WORKER_RANK": "3",
         "PARSL_WORKER_POOL_ID": "pool-7",
     }
+
+
+def one_yield() -> Iterator[int]:
+    yield 1
+
+
+def test_a_worker_that_cannot_reach_the_relay_fails_saying_why() -> None:
+    from multiprocessing.connection import Listener
+
+    from colmena_core.models.methods import PythonGeneratorMethod
+    from colmena_core.queue import PipeQueues
+
+    # As a worker gets it: pickled, the queues left with the task server
+    method = PythonGeneratorMethod(one_yield, streaming_queue=PipeQueues())
+    method = pickle.loads(pickle.dumps(method))
+    assert method.streams and method.streaming_queue is None
+    task = Result(((), {}), method="one_yield", serialization_method="pickle")
+    task.serialize()
+    with Listener(("127.0.0.1", 0)) as listener:  # a port nothing listens on once closed
+        address = listener.address
+    outcome = execute_task(method, task.to_worker_task(request=True, stream_to=(address, b"k")))
+    assert outcome.failure is not None and "relay_host" in outcome.failure[0]

@@ -460,7 +460,14 @@ class _RelaySink:
         update.time_serialize_results, _ = update.serialize()
         message = encode_result(update)
         if self._connection is None:
-            self._connection = Client(self._address, authkey=self._key)
+            try:
+                self._connection = Client(self._address, authkey=self._key)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"Could not reach the task server at {self._address} to send an "
+                    f"intermediate result ({exc}): set the task server's relay_host to an "
+                    "address of its host that the workers can connect to"
+                ) from exc
         self._connection.send_bytes(message)
         self._connection.recv_bytes()  # sent on by the task server
 
