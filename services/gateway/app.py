@@ -112,6 +112,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             # a decode error (an integer of more digits than Python converts, say)
             gateway.metrics.refuse("invalid")
             return JSONResponse({"detail": f"The body is not valid JSON: {cause}"}, 400)
+        if exc.status_code == 403:  # a campaign-wide view asked by an ordinary client
+            gateway.metrics.refuse("forbidden")
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(LimitReachedError)
