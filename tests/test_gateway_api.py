@@ -373,6 +373,17 @@ def test_intermediate_results_reach_the_client_before_the_final_one(client: Test
         (task_id, "liftoff", True),
     ]
 
+    # The campaign's history shows every result but counts the task once
+    history: dict[str, Any] = {}
+
+    def final_seen() -> bool:
+        history.update(client.get("/api/v1/monitor/history", headers=auth(ALICE)).json())
+        return any(r["task_id"] == task_id and r["complete"] for r in history["recent"])
+
+    wait_until(final_seen, "the final countdown result in the history")
+    assert sum(r["task_id"] == task_id for r in history["recent"]) == 4
+    assert history["methods"]["countdown"] == {"success": 1, "failure": 0}
+
 
 def test_methods_and_status(client: TestClient) -> None:
     methods = client.get("/api/v1/methods", headers=auth(BOB))

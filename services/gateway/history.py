@@ -168,18 +168,19 @@ class CampaignHistory:
         if "time_created" in timings and "time_result_sent" in timings:
             latency = max(0.0, timings["time_result_sent"] - timings["time_created"])
         method = summary.method or "(unknown)"
+        final = summary.complete is not False  # intermediate results are not tasks done
         with self._lock:
             bucket = self._bucket
             counts = self._methods.setdefault(method, {"success": 0, "failure": 0})
-            if summary.success:
+            if final and summary.success:
                 bucket.succeeded += 1
                 counts["success"] += 1
-            else:
+            elif final:
                 bucket.failed += 1
                 counts["failure"] += 1
-            if latency is not None:
+            if latency is not None and final:
                 bucket.latencies.append(latency)
-            if "time_running" in timings:
+            if "time_running" in timings and final:
                 bucket.running.append(timings["time_running"])
             if summary.client_id:
                 self._result_queues.setdefault(summary.client_id, set()).add(summary.topic)
