@@ -12,12 +12,24 @@
 # that name once it is complete (built aside in <root>.building, then renamed), so an
 # interrupted build never leaves a half-made cache behind, and the next run starts over;
 # concurrent runs wait for each other (flock).
-# Needs root (debootstrap) and the Debian mirror in $COLMENA_DEBIAN_MIRROR
-# (default http://deb.debian.org/debian).
+# Needs root (debootstrap) and a Debian mirror: $COLMENA_DEBIAN_MIRROR, else the one this
+# machine's apt uses, else debootstrap's own default.
 set -euo pipefail
 
 root="${COLMENA_RABBITMQ4_ROOT:-/var/cache/colmena/rabbitmq4-root}"
-mirror="${COLMENA_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+
+# The Debian archive this machine's apt uses (deb822 or one-line sources), if any
+apt_mirror() {
+    local file
+    for file in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$file" ] || continue
+        awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i !~ /security/) { print $i; exit } }' "$file"
+    done | head -n 1
+    if [ -f /etc/apt/sources.list ]; then
+        awk '$1 == "deb" && $2 !~ /^\[/ && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list
+    fi
+}
+mirror="${COLMENA_DEBIAN_MIRROR:-$(apt_mirror | head -n 1 || true)}"
 suite="${COLMENA_RABBITMQ4_SUITE:-trixie}"
 marker="$root/.colmena-root-complete"
 
@@ -68,7 +80,7 @@ done
 rm -rf "$work"
 
 echo "rabbitmq4-root: building a $suite root with rabbitmq-server in $root (about 10 min)" >&2
-debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$work" "$mirror" >&2
+debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$work" ${mirror:+"$mirror"} >&2
 if [ ! -x "$work/usr/lib/rabbitmq/bin/rabbitmq-server" ]; then
     echo "rabbitmq4-root: debootstrap finished but rabbitmq-server is missing" >&2
     exit 1
