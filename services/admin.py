@@ -79,14 +79,14 @@ class StatusSettings(ServiceSettings):
         for server in servers:
             print(
                 f"  {server.server_id} on {server.hostname or '?'}: "
-                f"{server.in_flight or 0} of {server.capacity or '?'} workers busy; "
+                f"{server.in_flight or 0} tasks in flight on {server.capacity or '?'} workers; "
                 f"serves {', '.join(server.methods) or 'nothing'}"
             )
         print("Methods served: " + (", ".join(methods) or "none"))
         print("Queues (messages waiting):")
         for queue, depth in sorted(depths.items()):
             print(f"  {queue:<60} {depth:>8}")
-        print(f"In flight: {status['in_flight']} tasks (capacity {status['capacity']})")
+        print(f"In flight: {status['in_flight']} tasks on {status['capacity']} workers")
         print(f"Dead letters: {dead}" + (" (see: colmena dead-letters)" if dead else ""))
         return 0
 
