@@ -237,6 +237,7 @@ def launch(settings: LaunchSettings) -> int:
                     "--host=127.0.0.1",
                     f"--port={port}",
                     f"--topics={settings.topics},default",
+                    f"--results-file={run_dir / 'gateway-results.jsonl'}",
                 ],
                 gateway_env,
                 run_dir / "gateway.log",

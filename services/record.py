@@ -1,8 +1,8 @@
 """The campaign record: the results a service handled, one JSON object per line.
 
 Every service takes ``--results-file FILE`` (``COLMENA_RESULTS_FILE``): a task server
-appends each result it sends, a thinker each result it reads, the demo each result its
-thinker reads. A line holds what a result says about its task (method, outcome, worker
+appends each result it sends, a thinker each result it reads, the gateway each result for
+its API clients (from the copies it watches), the demo each result its thinker reads. A line holds what a result says about its task (method, outcome, worker
 host, the timestamps of its life), never its inputs or value, plus who recorded it.
 ``colmena report FILE`` draws the campaign from such files (:mod:`colmena_services.report`).
 
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from colmena_core.models import Result
+    from colmena_core.queue.monitor import ResultSummary
 
-__all__ = ["RECORD_TIMES", "ResultsFile", "read_records", "result_record"]
+__all__ = ["RECORD_TIMES", "ResultsFile", "read_records", "result_record", "summary_record"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,24 @@ def result_record(result: Result, **context: Any) -> dict[str, Any]:
     return record
 
 
+def summary_record(summary: ResultSummary, **context: Any) -> dict[str, Any]:
+    """One line of a results file from the summary of a result a monitor saw."""
+    record: dict[str, Any] = {
+        "task_id": summary.task_id,
+        "method": summary.method,
+        "topic": summary.topic,
+        "success": summary.success,
+        "failure": summary.failure,
+        "retries": None,
+        "worker_host": None,
+        "client_id": summary.client_id,
+    }
+    for name in RECORD_TIMES:
+        record[name] = summary.timings.get(name)
+    record.update(context)
+    return record
+
+
 class ResultsFile:
     """Appends results to a JSON Lines file as they are handled (thread-safe).
 
@@ -88,7 +107,14 @@ class ResultsFile:
 
     def record(self, result: Result) -> None:
         """Append one result (ignored once the file is closed)."""
-        line = json.dumps(result_record(result, **self.context), allow_nan=False, default=str)
+        self._write(result_record(result, **self.context))
+
+    def record_summary(self, summary: ResultSummary) -> None:
+        """Append the summary of a result (ignored once the file is closed)."""
+        self._write(summary_record(summary, **self.context))
+
+    def _write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, allow_nan=False, default=str)
         with self._lock:
             if self._file.closed:
                 return

@@ -439,6 +439,19 @@ def test_launcher_runs_the_demo_stack(
         exec(compile(snippet.replace('token = "..."', "pass"), "README.md", "exec"), namespace)
         values = sorted(float(line.split()[1]) for line in printed_values)
         assert values == [2.25, 6.25], printed_values
+        # The gateway records the results of its clients (--results-file, set by launch)
+        from colmena_services.record import read_records
+
+        task_ids = {line.split()[0] for line in printed_values}
+        recorded = run_dir / "gateway-results.jsonl"
+        wait_until(
+            lambda: (
+                recorded.exists() and task_ids <= {r["task_id"] for r in read_records([recorded])}
+            ),
+            "the gateway's record",
+            WAIT,
+        )
+        assert {r["client_id"] for r in read_records([recorded])} == {"api-demo"}
 
         # A method nobody serves is accepted, and the answer says so
         from colmena_services.client import GatewayClient, UnservedMethodWarning

@@ -31,7 +31,7 @@ from .broker import BrokerUnavailableError
 from .guard import Guard, install_redactor
 from .models import finite_json
 from .service import GatewayService, LimitReachedError
-from .serving import GatewayServer, add_api_docs
+from .serving import GatewayServer, add_api_docs, record_results
 from .settings import GatewaySettings
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             redacted(settings.broker_url),
             gateway.topics,
         )
+        stop_recording = (
+            record_results(gateway, settings.results_file) if settings.results_file else None
+        )
         try:
             yield
         finally:
+            if stop_recording is not None:
+                stop_recording()
             await gateway.stop()
 
     app = FastAPI(

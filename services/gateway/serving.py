@@ -1,13 +1,16 @@
 """How the gateway presents itself to an operator: its API documentation, served from a
-package (no CDN: it works offline), and one log line when it starts and when it stops."""
+package (no CDN: it works offline), one log line when it starts and when it stops, and the
+record of its clients' results (``--results-file``)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -16,6 +19,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from ..common import wind_down_quietly
+from ..record import ResultsFile
+
+if TYPE_CHECKING:
+    from .service import GatewayService
 
 logger = logging.getLogger(__name__)
 
@@ -83,3 +90,25 @@ class GatewayServer(uvicorn.Server):
             )
             wind_down_quietly()
         super().handle_exit(sig, frame)
+
+
+def record_results(gateway: GatewayService, path: Path) -> Callable[[], None]:
+    """Append the results for the gateway's API clients to ``path`` as they arrive (from
+    the copies its monitor sees); returns the function that stops and closes the file."""
+    from colmena_core.queue.monitor import ResultSummary
+
+    from .service import CLIENT_PREFIX
+
+    results = ResultsFile(path, recorder="gateway")
+
+    def record(summary: ResultSummary) -> None:
+        if (summary.client_id or "").startswith(CLIENT_PREFIX):
+            results.record_summary(summary)
+
+    unsubscribe = gateway.watch(record)
+
+    def stop() -> None:
+        unsubscribe()
+        results.close()
+
+    return stop

@@ -8,10 +8,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from colmena_core.names import check_name
 
-from ..common import ServiceSettings
+from ..common import RecordingSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(RecordingSettings):
     """Expose a campaign over HTTP: submit tasks, stream results, watch the campaign."""
 
     host: str = Field(default="0.0.0.0", description="Address to listen on")
