@@ -61,12 +61,13 @@ def test_quickstart_shows_progress_and_improves(tmp_path: Path) -> None:
 def test_make_demo_stops_on_ctrl_c() -> None:
     """Ctrl-C on ``make demo``: one line from the demo (and make's own note), no traceback,
     the task server's Parsl interchange and workers gone with it."""
+    import contextlib
     import queue
     import signal
     import threading
     import uuid
 
-    from test_services import MARK, nothing_left_behind
+    from test_services import MARK, marked_processes, nothing_left_behind
 
     env = dict(os.environ)
     env[MARK] = uuid.uuid4().hex
@@ -98,14 +99,17 @@ def test_make_demo_stops_on_ctrl_c() -> None:
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=120)
         reader.join(timeout=10)
-    finally:
+        after = [line for line in log[seen:] if "Interrupt" not in line or "make" not in line]
+        assert len(after) == 1 and after[0].startswith("Stopping (SIGINT)"), log[seen:]
+        assert "Traceback" not in "".join(log), "".join(log)[-3000:]
+        recorded = re.search(r"recorded in (\S+\.jsonl)", after[0])
+        assert recorded, after
+        (ROOT / recorded.group(1)).unlink(missing_ok=True)
+        nothing_left_behind(env)
+    finally:  # whatever a failure left running
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-    after = [line for line in log[seen:] if "Interrupt" not in line or "make" not in line]
-    assert len(after) == 1 and after[0].startswith("Stopping (SIGINT)"), log[seen:]
-    assert "Traceback" not in "".join(log), "".join(log)[-3000:]
-    recorded = re.search(r"recorded in (\S+\.jsonl)", after[0])
-    assert recorded, after
-    (ROOT / recorded.group(1)).unlink(missing_ok=True)
-    nothing_left_behind(env)
+        for leftover in marked_processes(env[MARK]):
+            with contextlib.suppress(Exception):  # it may have exited meanwhile
+                leftover.kill()

@@ -38,6 +38,7 @@ class Service:
     def __init__(
         self, args: list[str], env: dict[str, str], command: list[str] | None = None
     ) -> None:
+        self.env = env
         self.process = subprocess.Popen(
             command or [sys.executable, "-m", "colmena_services.cli", *args],
             env=env,
@@ -138,18 +139,27 @@ MARK = "COLMENA_TEST_PROCESS_MARK"
 """Every process a test starts inherits this variable: those still running are left behind."""
 
 
-def left_behind(env: dict[str, str]) -> list[str]:
-    """The processes (other than zombies) that inherited the marker of ``env``."""
+def marked_processes(mark: str) -> list[psutil.Process]:
+    """The processes (other than zombies) whose environment holds the marker ``mark``."""
     found = []
-    for process in psutil.process_iter(["pid", "name"]):
+    for process in psutil.process_iter():
         try:
             if process.status() == psutil.STATUS_ZOMBIE or process.pid == os.getpid():
                 continue
-            if process.environ().get(MARK) == env[MARK]:
-                found.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+            if process.environ().get(MARK) == mark:
+                found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def left_behind(env: dict[str, str]) -> list[str]:
+    """The processes still running that were started with ``env`` (its marker)."""
+    listed = []
+    for process in marked_processes(env[MARK]):
+        with contextlib.suppress(psutil.Error):
+            listed.append(f"{process.pid} {' '.join(process.cmdline())[:120]}")
+    return listed
 
 
 def nothing_left_behind(env: dict[str, str]) -> None:
@@ -173,6 +183,11 @@ def start() -> Iterator[Callable[..., Service]]:
     yield run
     for service in started:
         service.kill()
+    # What a killed service left running (a launcher's services run in sessions of their own)
+    for mark in {service.env.get(MARK) for service in started} - {None}:
+        for process in marked_processes(mark):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 def readiness(port: int) -> httpx.Response:
