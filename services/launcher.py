@@ -113,6 +113,16 @@ def _run_dir(settings: LaunchSettings) -> Path:
     return folder
 
 
+def _stop_with_parent() -> None:
+    """In a service's process before it starts: SIGTERM it if the launcher dies (on Linux),
+    so that a launcher killed outright leaves no service behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class _Service:
     """One service of the stack: a ``colmena`` subprocess in its own session, logging to a file."""
 
@@ -128,6 +138,7 @@ class _Service:
             stdout=self._file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # the terminal's Ctrl-C is for the launcher; it stops us
+            preexec_fn=_stop_with_parent,
         )
 
     def poll(self) -> int | None:

@@ -496,6 +496,17 @@ def test_launcher_runs_the_demo_stack(
     nothing_left_behind(env)
 
 
+def test_a_killed_launcher_leaves_no_service_behind(
+    start: Callable[..., Service], service_env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ["launch", f"--gateway-port={free_port()}", "--engine=local", f"--run-dir={tmp_path}"]
+    launcher = start(args, {**service_env, "COLMENA_DEMO_GUESSES": "100000"})
+    wait_until(lambda: "Press Ctrl-C" in launcher.stdout, "the launcher's addresses", 180)
+    launcher.process.kill()  # SIGKILL: no chance to stop its services itself
+    launcher.finish()
+    nothing_left_behind(service_env)
+
+
 def _answers(url: str) -> httpx.Response | None:
     try:
         return httpx.get(url, timeout=5)
