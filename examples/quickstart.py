@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -27,12 +28,24 @@ from types import FrameType
 from colmena_core.task_server import ParslTaskServer
 from colmena_core.task_server.signals import ignoring_interrupts
 from colmena_services.demo import METHODS, TOPICS, Thinker
-from colmena_services.record import ResultsFile
+from colmena_services.record import RecordError, ResultsFile
 from examples.common import configure_logging, local_parsl_config, make_queues
 
 
 def default_results_file() -> Path:
     return Path("results") / time.strftime("quickstart-%Y%m%d-%H%M%S.jsonl")
+
+
+def open_results_file(path: Path | None) -> ResultsFile:
+    """The file asked for, else the default one; where the working directory cannot be
+    written (a read-only container), the default moves to the temporary directory."""
+    if path is not None:
+        return ResultsFile(path, recorder="quickstart")
+    default = default_results_file()
+    try:
+        return ResultsFile(default, recorder="quickstart")
+    except RecordError:
+        return ResultsFile(Path(tempfile.gettempdir()) / default, recorder="quickstart")
 
 
 def main() -> int:
@@ -48,10 +61,14 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true", help="show engine and queue logs")
     args = parser.parse_args()
     configure_logging(args.verbose)
+    try:
+        results = open_results_file(args.results_file)
+    except RecordError as exc:
+        print(f"quickstart: {exc}", file=sys.stderr)
+        return 2
 
     queues = make_queues(TOPICS, args.broker_url, keep_inputs=True)
     doer = ParslTaskServer(METHODS, queues, local_parsl_config())
-    results = ResultsFile(args.results_file or default_results_file(), recorder="quickstart")
     thinker = Thinker(queues, guesses=args.guesses, results_file=results)
     where = "RabbitMQ" if args.broker_url else "Python pipes"
     logging.info(
