@@ -135,6 +135,32 @@ def test_large_input_travels_by_proxy_to_another_process(store: Store[Any]) -> N
     assert child.exitcode == 0
 
 
+def _resolve_asynchronously(proxy: Proxy[bytes], out: Any) -> None:
+    resolve_proxies_async([proxy])
+    out.put(bytes(proxy[:3]))
+
+
+def test_asynchronous_resolution_in_a_forked_child(store: Store[Any]) -> None:
+    """A task server forked from a process that resolved proxies asynchronously still can."""
+    first: Proxy[bytes] = store.proxy(b"one", populate_target=False)
+    resolve_proxies_async([first])  # starts ProxyStore's pool of resolver threads here
+    assert first == b"one"
+
+    context = mp.get_context("fork")
+    out = context.Queue()
+    child = context.Process(
+        target=_resolve_asynchronously, args=(store.proxy(b"two", populate_target=False), out)
+    )
+    child.start()
+    try:
+        assert out.get(timeout=30) == b"two"
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+
+
 def test_small_inputs_and_json_tasks_do_not_use_proxies(store: Store[Any]) -> None:
     for method, payload in (("pickle", b"small"), ("json", "x" * 50_000)):
         result = Result(

@@ -8,10 +8,13 @@ object is used. This module must not import any queue or task server code.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import proxystore.store.factory as factory_module
 from proxystore.proxy import Proxy, extract, get_factory, is_resolved
 from proxystore.store import Store, register_store
 from proxystore.store import get_store as _registered_store
@@ -22,11 +25,23 @@ from proxystore.store.utils import get_key, resolve_async
 __all__ = [
     "ProxyJSONSerializationWarning",
     "get_store",
+    "merge_proxy_timing",
     "proxy_json_encoder",
     "register_store",
     "resolve_proxies_async",
     "store_proxy_stats",
 ]
+
+
+def _fresh_resolver_pool() -> None:
+    # ProxyStore resolves proxies asynchronously on a thread pool made when it is imported.
+    # A child made by fork (a task server started from a thinker) inherits that pool
+    # without its threads, and its asynchronous resolutions would wait forever: give the
+    # child a pool of its own.
+    factory_module._default_pool = ThreadPoolExecutor()
+
+
+os.register_at_fork(after_in_child=_fresh_resolver_pool)
 
 
 class ProxyJSONSerializationWarning(Warning):
@@ -147,6 +162,23 @@ def store_proxy_stats(proxy: Proxy[Any], proxy_timing: dict[str, dict[str, Any]]
     entry["times"].update(
         {name: _stats_in_ms(name, stats.as_dict()) for name, stats in metrics.times.items()}
     )
+
+
+def merge_proxy_timing(
+    proxy_timing: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]]
+) -> None:
+    """Add the entries of ``other`` (from another process) to ``proxy_timing``.
+
+    The entries of a proxy seen in both (created by the client, resolved by the worker) are
+    merged part by part, so neither side's figures are lost.
+    """
+    for key, entry in other.items():
+        mine = proxy_timing.setdefault(key, {})
+        for part, values in entry.items():
+            if isinstance(values, dict) and isinstance(mine.get(part), dict):
+                mine[part].update(values)
+            else:
+                mine[part] = values
 
 
 class _Presized:

@@ -6,14 +6,15 @@ import os
 import sys
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from colmena_core.queue import ColmenaQueues, PipeQueues
 
 QueueMaker = Callable[..., ColmenaQueues]
-"""``make_queues(topics, methods)``: queues of the transport under test, shared by the
-application's thinker and its task server."""
+"""``make_queues(topics, methods, **options)``: queues of the transport under test, shared by
+the application's thinker and its task server (``options`` of every queue, e.g. ProxyStore's)."""
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,15 +24,19 @@ def make_queues(request: pytest.FixtureRequest) -> Iterator[QueueMaker]:
     """The queues an application would make, on pipes or on a campaign of the test broker."""
     if request.param == "pipes":
 
-        def pipes(topics: Collection[str] = (), methods: Collection[str] = ()) -> ColmenaQueues:
-            return PipeQueues(topics)
+        def pipes(
+            topics: Collection[str] = (), methods: Collection[str] = (), **options: Any
+        ) -> ColmenaQueues:
+            return PipeQueues(topics, **options)
 
         yield pipes
         return
     campaign = request.getfixturevalue("campaign")
 
-    def rabbitmq(topics: Collection[str] = (), methods: Collection[str] = ()) -> ColmenaQueues:
-        return campaign.queues(topics, methods=methods)  # type: ignore[no-any-return]
+    def rabbitmq(
+        topics: Collection[str] = (), methods: Collection[str] = (), **options: Any
+    ) -> ColmenaQueues:
+        return campaign.queues(topics, methods=methods, **options)  # type: ignore[no-any-return]
 
     yield rabbitmq
 

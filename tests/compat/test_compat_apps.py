@@ -15,7 +15,7 @@ import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,19 @@ import migration_app
 import pytest
 from parsl.config import Config
 from parsl.executors import ThreadPoolExecutor
+from proxystore.connectors.file import FileConnector
+from proxystore.store import Store, unregister_store
+from test_globus_task_server import (  # the stand-in for the Globus Compute cloud service
+    CPU_ENDPOINT,
+    GPU_ENDPOINT,
+    FakeClient,
+    cloud,  # noqa: F401 - a fixture, requested by name
+)
 
 from colmena_core.models import ExecutableTask, ResourceRequirements, Result
+from colmena_core.models.methods import PythonGeneratorMethod
 from colmena_core.queue import ColmenaQueues
-from colmena_core.task_server import ParslTaskServer
+from colmena_core.task_server import GlobusComputeTaskServer, LocalTaskServer, ParslTaskServer
 from colmena_core.task_server.base import BaseTaskServer
 from colmena_core.testing import free_port
 from colmena_core.thinker import (
@@ -177,12 +186,18 @@ class RankCount(ExecutableTask):
         return int((run_dir / "colmena.stdout").read_text())
 
 
+def threads_granted(_resources: ResourceRequirements) -> int:
+    """A Python method that reads the resources of its task."""
+    return _resources.cpu_threads
+
+
 class Launcher(BaseThinker):
     """Asks for a different size of run each time."""
 
     def __init__(self, queues: ColmenaQueues) -> None:
         super().__init__(queues)
         self.ranks: dict[int, int] = {}
+        self.threads: int | None = None
 
     @agent
     def launch(self) -> None:
@@ -192,17 +207,78 @@ class Launcher(BaseThinker):
             result = self.queues.get_result(timeout=WAIT)
             assert result is not None and result.success, result
             self.ranks[nodes * per_node] = result.value
+        self.queues.send_inputs(method="threads_granted", resources={"cpu_threads": 4})
+        result = self.queues.get_result(timeout=WAIT)
+        assert result is not None and result.success, result
+        self.threads = result.value
+
+
+def launch_on(
+    server: str, queues: ColmenaQueues, directory: Path, client: FakeClient | None
+) -> BaseTaskServer:
+    """Each task server that runs executables, serving the two methods of ``Launcher``."""
+    methods = [RankCount(fake_mpirun(directory)), threads_granted]
+    if server == "parsl":
+        return ParslTaskServer(methods, queues, thread_config(directory))
+    if server == "local":
+        return LocalTaskServer(queues, methods, threads=False, num_workers=2)  # 0.7's signature
+    endpoints = dict(zip(methods, [GPU_ENDPOINT, CPU_ENDPOINT], strict=True))
+    return GlobusComputeTaskServer(endpoints, client, queues)
 
 
 @pytest.mark.usefixtures("run_dirs")
-def test_mpi_executable_sized_by_resources_on_parsl(
-    make_queues: QueueMaker, tmp_path: Path
+@pytest.mark.parametrize("server", ["parsl", "local", "globus"])
+def test_mpi_executable_sized_by_resources(
+    make_queues: QueueMaker, tmp_path: Path, server: str, request: pytest.FixtureRequest
 ) -> None:
-    queues = make_queues(methods=["rankcount"])
-    doer = ParslTaskServer([RankCount(fake_mpirun(tmp_path))], queues, thread_config(tmp_path))
+    # The Globus Compute cloud service, stood in for locally (the only part not real)
+    client = request.getfixturevalue("cloud") if server == "globus" else None
+    queues = make_queues(methods=["rankcount", "threads_granted"])
+    doer = launch_on(server, queues, tmp_path, client)
     thinker = Launcher(queues)
     run_application(queues, doer, thinker)
     assert thinker.ranks == {1: 1, 6: 6, 4: 4}
+    assert thinker.threads == 4
+
+
+# ---------------------------------------- a generator streaming to a result processor
+def simulate_steps(steps: int) -> Generator[dict[str, int], None, int]:
+    """A simulation that reports its state after each step and returns the number of steps."""
+    for step in range(steps):
+        yield {"step": step, "energy": -(step**2)}
+    return steps
+
+
+class Monitor(BaseThinker):
+    """Starts one long simulation and watches its progress as it runs."""
+
+    def __init__(self, queues: ColmenaQueues) -> None:
+        super().__init__(queues)
+        self.progress: list[dict[str, int]] = []
+        self.final: Result | None = None
+
+    @agent(startup=True)
+    def start_simulation(self) -> None:
+        self.queues.send_inputs(5, method="simulate_steps", topic="progress")
+
+    @result_processor(topic="progress")
+    def watch(self, result: Result) -> None:
+        assert result.success, result.failure_info
+        if result.complete:
+            self.final = result
+            self.done.set()
+        else:
+            self.progress.append(result.value)
+
+
+def test_generator_streams_intermediate_results(make_queues: QueueMaker, tmp_path: Path) -> None:
+    queues = make_queues(["progress"], methods=["simulate_steps"])
+    method = PythonGeneratorMethod(simulate_steps, store_return_value=True, streaming_queue=queues)
+    doer = ParslTaskServer([method], queues, thread_config(tmp_path))
+    thinker = Monitor(queues)
+    run_application(queues, doer, thinker)
+    assert thinker.progress == [{"step": i, "energy": -(i**2)} for i in range(5)]
+    assert thinker.final is not None and thinker.final.value == 5
 
 
 # --------------------------------------------- the example of docs/migrating.md, every step
@@ -263,3 +339,59 @@ def test_migration_example_as_services(rabbitmq_url: str, tmp_path: Path) -> Non
             server.kill()
             _, errors = server.communicate(timeout=30)
     assert server.returncode == 0, errors[-3000:]
+
+
+# ------------------------------------------ large objects through ProxyStore, 0.7's way
+def normalize(vector: list[float]) -> list[float]:
+    """Scale a (large) vector to unit length; the result is as large as the input."""
+    norm = sum(v * v for v in vector) ** 0.5
+    return [v / norm for v in vector]
+
+
+class Normalizer(BaseThinker):
+    """Sends one large vector and reads back what ProxyStore measured."""
+
+    result: Result | None = None
+    head: list[float] | None = None
+
+    @agent
+    def run(self) -> None:
+        self.queues.send_inputs([3.0, 4.0] * 20_000, method="normalize")
+        self.result = self.queues.get_result(timeout=WAIT)
+        assert self.result is not None and self.result.success, self.result
+        self.head = self.result.value[:2]  # resolves the proxy of the value
+
+
+def test_large_objects_travel_by_proxy(make_queues: QueueMaker, tmp_path: Path) -> None:
+    name = f"compat-{uuid.uuid4().hex[:8]}"
+    store = Store(name, FileConnector(str(tmp_path / "store")), register=True, metrics=True)
+    try:
+        queues = make_queues(
+            methods=["normalize"], proxystore_name=name, proxystore_threshold=10_000
+        )
+        doer = ParslTaskServer([normalize], queues, thread_config(tmp_path))
+        thinker = Normalizer(queues)
+        run_application(queues, doer, thinker)
+    finally:
+        store.close()
+        unregister_store(name)
+
+    result = thinker.result
+    assert result is not None and result.success, result
+    norm = (25 * 20_000) ** 0.5
+    assert thinker.head == pytest.approx([3 / norm, 4 / norm])
+
+    # One entry per proxy, as ProxyStore measured it: the input the worker resolved and the
+    # value it created, each with the times of its events in milliseconds
+    timing = result.proxy_timing
+    assert len(timing) == 2, timing
+    for entry in timing.values():
+        assert set(entry) == {"attributes", "counters", "times"}
+    events = sorted((set(entry["times"]) for entry in timing.values()), key=len)
+    value_events, input_events = events
+    assert "store.put" in value_events  # created by the worker
+    assert {"store.put", "factory.resolve"} <= input_events  # made by the thinker, read there
+    worker_time_ms = (result.time_compute_ended - result.time_compute_started) * 1000
+    for entry in timing.values():
+        for stats in entry["times"].values():
+            assert 0 <= stats["avg_time_ms"] <= worker_time_ms + 1000, stats

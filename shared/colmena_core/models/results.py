@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from colmena_core.models.execution import WorkerOutcome, WorkerTask
 from colmena_core.models.resources import ResourceRequirements
 from colmena_core.names import MethodName, Name
-from colmena_core.proxy import get_store, proxy_json_encoder, proxy_serialized
+from colmena_core.proxy import (
+    get_store,
+    merge_proxy_timing,
+    proxy_json_encoder,
+    proxy_serialized,
+    store_proxy_stats,
+)
 
 __all__ = [
     "MAX_RETRIES",
@@ -555,6 +561,8 @@ class Result(BaseModel):
             self._value_serialized = True
             self.message_sizes["value"] = len(self.value)
 
+        for proxy in proxies:  # one entry per proxy made for this task, as the original
+            store_proxy_stats(proxy, self.proxy_timing)
         return perf_counter() - start, proxies
 
     # -------------------------------------------------------------- execution
@@ -597,7 +605,7 @@ class Result(BaseModel):
         self.time_deserialize_inputs = outcome.time_deserialize_inputs
         self.time_serialize_results = outcome.time_serialize_results
         self.time_async_resolve_proxies = outcome.time_async_resolve_proxies
-        self.proxy_timing.update(outcome.proxy_timing)
+        merge_proxy_timing(self.proxy_timing, outcome.proxy_timing)
         self.worker_info = WorkerInformation(hostname=outcome.hostname, **outcome.worker_info)
         self.value = outcome.value
         self._value_serialized = outcome.value is not None

@@ -585,8 +585,11 @@ def execute_task(func: Callable[..., Any], task: WorkerTask) -> WorkerOutcome:
         store = None
         if task.value_store is not None:
             store = resolve_store(*task.value_store, task.serialization_method)
-        outcome.value = serialize_value(value, task.serialization_method, store, [])
+        created: list[Any] = []
+        outcome.value = serialize_value(value, task.serialization_method, store, created)
         outcome.time_serialize_results = perf_counter() - start
+        for proxy in created:
+            store_proxy_stats(proxy, outcome.proxy_timing)
     except Exception as exc:
         outcome.failure = _describe(exc, "Could not serialize the value returned by the method")
     return outcome
