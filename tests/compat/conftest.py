@@ -46,8 +46,10 @@ def workers_find_the_applications() -> Iterator[None]:
     """Parsl's worker processes import the applications' functions by module name."""
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", "PATH")}
     entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
-    if str(HERE) not in entries:
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), *entries])
+    needed = [str(HERE), str(HERE.parent)]  # the applications, and the helpers they import
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [*needed, *(entry for entry in entries if entry not in needed)]
+    )
     bin_dir = os.path.dirname(sys.executable)  # Parsl starts its processes by script name
     if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
         os.environ["PATH"] = os.pathsep.join([bin_dir, os.environ.get("PATH", "")])

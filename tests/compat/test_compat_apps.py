@@ -37,6 +37,7 @@ from colmena_core.models.methods import PythonGeneratorMethod
 from colmena_core.queue import ColmenaQueues
 from colmena_core.task_server import GlobusComputeTaskServer, LocalTaskServer, ParslTaskServer
 from colmena_core.task_server.base import BaseTaskServer
+from colmena_core.task_server.parsl import local_config
 from colmena_core.testing import free_port
 from colmena_core.thinker import (
     BaseThinker,
@@ -90,6 +91,7 @@ class Optimizer(BaseThinker):
         self.rec.reallocate(None, "simulation", 2)  # type: ignore[union-attr]
         self.budget = budget
         self.database: list[tuple[float, float]] = []
+        self.workers: set[tuple[str, str]] = set()
         self.next_step = 2.0
 
     @task_submitter(task_type="simulation", n_slots=1)
@@ -103,6 +105,9 @@ class Optimizer(BaseThinker):
     def record(self, result: Result) -> None:
         assert result.success, result.failure_info
         self.database.append((result.args[0], result.value))
+        self.workers.add(
+            (result.worker_info.PARSL_WORKER_POOL_ID, result.worker_info.PARSL_WORKER_RANK)
+        )
         self.rec.release("simulation", 1)  # type: ignore[union-attr]
         self.logger.info("f(%.3f) = %.3f", result.args[0], result.value)
         if len(self.database) >= self.budget:
@@ -111,7 +116,8 @@ class Optimizer(BaseThinker):
 
 def test_seed_style_optimizer(make_queues: QueueMaker, tmp_path: Path) -> None:
     queues = make_queues(["simulation"], methods=["simulate"])
-    doer = ParslTaskServer([simulate], queues, thread_config(tmp_path))
+    # Worker processes of a HighThroughputExecutor, as the seed's documentation uses
+    doer = ParslTaskServer([simulate], queues, local_config(2, str(tmp_path / "parsl")))
     thinker = Optimizer(queues, budget=6)
     run_application(queues, doer, thinker)
 
@@ -120,6 +126,8 @@ def test_seed_style_optimizer(make_queues: QueueMaker, tmp_path: Path) -> None:
     assert all(fx == x**2 - 3 for x, fx in thinker.database)
     assert min(fx for _, fx in thinker.database) < simulate(4.0)  # it moved downhill
     assert thinker.rec is not None and thinker.rec.available_slots("simulation") == 2
+    # Each result names the Parsl worker that ran it: its pool and its rank in the pool
+    assert thinker.workers and all(pool and rank in {"0", "1"} for pool, rank in thinker.workers)
 
 
 # ------------------------------------- a thinker handing its queues to a process pool
