@@ -309,6 +309,10 @@ def _new_task_id() -> str:
     return str(uuid4())
 
 
+def _no_inputs() -> Inputs:
+    return ((), {})
+
+
 class Result(BaseModel):
     """The inputs, result and performance record of one task.
 
@@ -318,7 +322,9 @@ class Result(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     inputs: Inputs | str | bytes = Field(
-        default=((), {}), description="Positional and keyword arguments, or their serialized form"
+        # A factory, not a default: pydantic deep-copies a mutable default on every decode
+        default_factory=_no_inputs,
+        description="Positional and keyword arguments, or their serialized form",
     )
     task_id: Name = Field(default_factory=_new_task_id, description="Unique identifier of the task")
     value: Any = Field(default=None, description="Output of the task")
@@ -438,19 +444,21 @@ class Result(BaseModel):
         return self._plain_inputs()[1]
 
     def _plain_inputs(self) -> Inputs:
-        if self._inputs_serialized or isinstance(self.inputs, str | bytes):
+        if self.inputs_serialized or isinstance(self.inputs, str | bytes):
             raise ValueError("The inputs are still serialized: call deserialize() first")
         return self.inputs
 
     @property
     def inputs_serialized(self) -> bool:
         """Whether :attr:`inputs` holds serialized bytes or text."""
-        return self._inputs_serialized
+        # Read from pydantic's store of private attributes: ``self._inputs_serialized`` goes
+        # through BaseModel.__getattr__, which costs ~40x more (hot path: every message)
+        return bool(self.__pydantic_private__["_inputs_serialized"])  # type: ignore[index]
 
     @property
     def value_serialized(self) -> bool:
         """Whether :attr:`value` holds serialized bytes or text."""
-        return self._value_serialized
+        return bool(self.__pydantic_private__["_value_serialized"])  # type: ignore[index]
 
     def mark_serialized(self, inputs: bool, value: bool) -> None:
         """Declare which payloads hold serialized data (used when decoding messages)."""
@@ -543,7 +551,7 @@ class Result(BaseModel):
         proxies: list[Proxy[Any]] = []
         settings = self._store_settings()
 
-        if not self._inputs_serialized:
+        if not self.inputs_serialized:
             args, kwargs = self._plain_inputs()
             if settings is not None:
                 args = tuple(_proxy_if_large(a, settings, proxies, evict=False)[0] for a in args)
@@ -556,7 +564,7 @@ class Result(BaseModel):
             # The client's figure stands: a server re-encodes only the inputs it dropped
             self.message_sizes.setdefault("inputs", len(self.inputs))
 
-        if not self._value_serialized and self.value is not None:
+        if not self.value_serialized and self.value is not None:
             self.value = serialize_value(self.value, self.serialization_method, settings, proxies)
             self._value_serialized = True
             self.message_sizes["value"] = len(self.value)
@@ -575,7 +583,7 @@ class Result(BaseModel):
             request: Include the task's metadata, for methods that take the task record
             stream_to: Where the worker sends intermediate results (a task server's relay)
         """
-        if not self._inputs_serialized:
+        if not self.inputs_serialized:
             self.time_serialize_inputs, _ = self.serialize()
         assert isinstance(self.inputs, str | bytes)
         store = None
@@ -631,18 +639,18 @@ class Result(BaseModel):
             The time required to deserialize, in seconds
         """
         start = perf_counter()
-        if self._inputs_serialized:
+        if self.inputs_serialized:
             assert isinstance(self.inputs, str | bytes)
             args, kwargs = SerializationMethod.deserialize(self.serialization_method, self.inputs)
             self.inputs = (tuple(args), dict(kwargs))
             self._inputs_serialized = False
-        if self._value_serialized:
+        if self.value_serialized:
             self.value = SerializationMethod.deserialize(self.serialization_method, self.value)
             self._value_serialized = False
         return perf_counter() - start
 
     def json(self, **kwargs: Any) -> str:
         """Encode as JSON; resolved proxies become their value, unresolved ones a placeholder."""
-        if self._inputs_serialized or self._value_serialized:
+        if self.inputs_serialized or self.value_serialized:
             raise ValueError("Payloads are serialized: use colmena_core.models.wire.encode_result")
         return json.dumps(self.model_dump(**kwargs), default=proxy_json_encoder)
