@@ -26,11 +26,12 @@ class ResourceRequirements(BaseModel):
     @classmethod
     def _warn_about_unknown_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+            known = cls.model_fields  # a property: read once (every request and result runs this)
+            unknown = [key for key in data if key not in known]
             if unknown:
                 warnings.warn(
-                    f"ResourceRequirements ignores unknown fields {unknown}; it knows "
-                    f"{sorted(cls.model_fields)}",
+                    f"ResourceRequirements ignores unknown fields {sorted(map(str, unknown))}; "
+                    f"it knows {sorted(known)}",
                     stacklevel=2,
                 )
         return data

@@ -24,8 +24,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from typing import Any
 
 from colmena_core.exceptions import KillSignalException, TimeoutException
@@ -62,6 +61,9 @@ class _Handles:
         self.read_file = os.open(f"{path}.read-lock", os.O_RDWR | os.O_CLOEXEC)
         self.write_lock = threading.Lock()
         self.read_lock = threading.Lock()
+        # Used under read_lock only (a poll object refuses concurrent polls)
+        self.poller = select.poll()
+        self.poller.register(self.pipe, select.POLLIN)
 
     def close(self) -> None:
         for fd in (self.pipe, self.write_file, self.read_file):
@@ -71,20 +73,26 @@ class _Handles:
                 pass
 
 
-@contextmanager
-def _flocked(fd: int) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``fd`` (it excludes other open files, not threads)."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+class _Flocked:
+    """Holds an exclusive ``flock`` on ``fd`` (it excludes other open files, not threads).
+
+    A class rather than a generator-based context manager: it is taken twice per message.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
-def _readable(fd: int, timeout: float | None) -> bool:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(None if timeout is None else timeout * 1000))
+def _readable(handles: _Handles, timeout: float | None) -> bool:
+    return bool(handles.poller.poll(None if timeout is None else timeout * 1000))
 
 
 def _read_exactly(fd: int, size: int) -> bytes:
@@ -150,7 +158,7 @@ class _Channel:
 
     def send(self, message: bytes) -> None:
         handles = self._open()
-        with handles.write_lock, _flocked(handles.write_file):
+        with handles.write_lock, _Flocked(handles.write_file):
             for part in (_HEADER.pack(len(message)), message):
                 data = memoryview(part)
                 while data:
@@ -169,11 +177,11 @@ class _Channel:
             raise TimeoutException("Timed out waiting for another reader of the pipe")
         try:
             while True:
-                if not _readable(handles.pipe, remaining()):
+                if not _readable(handles, remaining()):
                     raise TimeoutException(f"Nothing arrived within {timeout} s")
-                with _flocked(handles.read_file):
+                with _Flocked(handles.read_file):
                     # Another process may have taken the message while we waited for the lock
-                    if not _readable(handles.pipe, 0):
+                    if not _readable(handles, 0):
                         continue
                     (size,) = _HEADER.unpack(_read_exactly(handles.pipe, _HEADER.size))
                     return _read_exactly(handles.pipe, size) if size else _KILL
@@ -183,8 +191,8 @@ class _Channel:
     def drain(self) -> int:
         handles = self._open()
         count = 0
-        with handles.read_lock, _flocked(handles.read_file):
-            while _readable(handles.pipe, 0):
+        with handles.read_lock, _Flocked(handles.read_file):
+            while _readable(handles, 0):
                 (size,) = _HEADER.unpack(_read_exactly(handles.pipe, _HEADER.size))
                 _read_exactly(handles.pipe, size)
                 count += 1
