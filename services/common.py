@@ -74,6 +74,12 @@ class ServiceSettings(BaseSettings):
         description="Largest message the broker takes, in bytes: its max_message_size "
         "(larger tasks and results are refused before they are sent)",
     )
+    stall_timeout: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds without progress talking to the broker (no connection, messages "
+        "unconfirmed, results unsent) after which the service reports not ready, saying why",
+    )
 
     @field_validator("broker_url")
     @classmethod

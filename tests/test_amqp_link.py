@@ -184,3 +184,27 @@ def test_unreachable_broker_abandon_and_close(link_log: logging.Logger) -> None:
         assert not failures[0].done() and link.pending == 0
 
     run(scenario())
+
+
+def test_a_message_the_client_library_refuses_fails_alone(rabbitmq_url: str) -> None:
+    """A routing key over AMQP's 255 bytes fails its message; the ones behind it go on."""
+
+    async def scenario() -> None:
+        link = AmqpLink(rabbitmq_url, label="test")
+        link.start()
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[BaseException] = loop.create_future()
+        confirmed: asyncio.Future[bool] = loop.create_future()
+        link.publish(
+            Publication(
+                "", "x" * 300, b"too long a key", properties(), on_failed=failed.set_result
+            ),
+            Publication("amq.fanout", "", b"fine", properties(), on_confirm=confirmed.set_result),
+        )
+        error = await asyncio.wait_for(failed, WAIT)
+        assert isinstance(error, PublishRefusedError) and "refused" in str(error)
+        assert await asyncio.wait_for(confirmed, WAIT) is False
+        assert link.pending == 0 and link.stalled_for() == 0.0
+        await link.close()
+
+    run(scenario())

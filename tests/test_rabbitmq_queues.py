@@ -560,3 +560,26 @@ def test_backoff_doubles_up_to_its_limit_and_restarts() -> None:
     assert backoff.sleep(stop)  # a stop request cuts the wait short
     with pytest.raises(ValueError):
         Backoff(first=1.0, limit=0.5)
+
+
+def test_a_stall_is_reported_with_its_reason() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    queues = RabbitMQQueues(
+        url=f"amqp://guest:guest@127.0.0.1:{port}/%2F", connect_timeout=1.0, stall_timeout=0.2
+    )
+    assert queues.stalled_reason is None  # not in use yet
+    with pytest.raises(BrokerConnectionError):
+        queues.connect(timeout=0.5)
+    reported = threading.Event()
+    deadline = time.monotonic() + WAIT
+    while not reported.is_set() and time.monotonic() < deadline:
+        if queues.stalled_reason is not None:
+            reported.set()
+        else:
+            reported.wait(0.05)
+    assert reported.is_set()
+    assert "No connection to the broker" in str(queues.stalled_reason)
+    assert queues.health()["broker_connected"] is False
+    queues.disconnect(timeout=1)

@@ -102,6 +102,7 @@ class TaskServerService:
             client_id=self.server_id,
             prefetch=settings.prefetch or 2 * self.capacity,
             max_message_size=settings.max_message_size,
+            stall_timeout=settings.stall_timeout,
         )
         self.server: FutureBasedTaskServer
         if config is None:
@@ -129,12 +130,17 @@ class TaskServerService:
         return not self.stopped.is_set(), {"server_id": self.server_id}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        stalled = self.queues.stalled_reason
         ready = (
-            self.server.ready.is_set() and not self.stopped.is_set() and self.queues.is_connected
+            self.server.ready.is_set()
+            and not self.stopped.is_set()
+            and self.queues.is_connected
+            and stalled is None
         )
         return ready, {
             "server_id": self.server_id,
             "broker_connected": self.queues.is_connected,
+            "stalled": stalled,
             "methods": sorted(self.server.method_names),
             "in_flight": self.server.in_flight if self.server.ready.is_set() else 0,
         }

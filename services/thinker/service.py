@@ -53,6 +53,7 @@ class ThinkerService:
             campaign=settings.campaign,
             client_id=settings.client_id,
             max_message_size=settings.max_message_size,
+            stall_timeout=settings.stall_timeout,
         )
         thinker = factory(self.queues)
         if not isinstance(thinker, BaseThinker):
@@ -72,10 +73,12 @@ class ThinkerService:
         return True, {"client_id": self.settings.client_id}
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.queues.is_connected and self.thinker.is_alive()
+        stalled = self.queues.stalled_reason
+        ready = self.queues.is_connected and self.thinker.is_alive() and stalled is None
         return ready, {
             "client_id": self.settings.client_id,
             "broker_connected": self.queues.is_connected,
+            "stalled": stalled,
             "tasks_in_flight": self.queues.active_count,
             "finished": self.finished.is_set(),
         }

@@ -265,6 +265,7 @@ class AmqpLink:
         self._sequence = 0
         self._numbers = itertools.count(1)
         self._paused_until = 0.0
+        self._last_progress = 0.0
         self.max_body: int | None = None
         """Largest message body the broker takes, once it refused a larger one (it says its
         ``max_message_size`` when it closes the channel): larger messages then fail."""
@@ -289,6 +290,13 @@ class AmqpLink:
     def pending(self) -> int:
         """Messages published and not confirmed yet."""
         return len(self._outbox) + len(self._unconfirmed) + len(self._deferred)
+
+    def stalled_for(self) -> float:
+        """Seconds messages have waited for a confirmation without any arriving (0: none
+        waits, or confirmations keep coming)."""
+        if not self.pending or self._loop is None:
+            return 0.0
+        return max(self.loop.time() - self._last_progress, 0.0)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -565,6 +573,8 @@ class AmqpLink:
     # -------------------------------------------------------------- publishing
     def publish(self, *publications: Publication) -> None:
         """Publish messages, in their order, and keep each until the broker confirms it."""
+        if not self.pending:
+            self._last_progress = self.loop.time()  # the wait for confirmations starts now
         for publication in publications:
             publication.number = next(self._numbers)
             if self._too_large(publication):
@@ -685,8 +695,17 @@ class AmqpLink:
                     properties,
                     mandatory=publication.mandatory,
                 )
-            except Exception as exc:  # the channel is closing: publish again after reconnecting
-                logger.debug("Could not publish (%r); will retry", exc)
+            except Exception as exc:
+                if channel.is_open and self._connection is not None and self._connection.is_open:
+                    # The client library refused this message (a routing key or header over
+                    # AMQP's limits, say) before sending anything: it fails alone
+                    self._fail(
+                        publication,
+                        PublishRefusedError(f"The AMQP client refused the message: {exc!r}"),
+                    )
+                    dropped = True
+                    continue
+                logger.debug("Could not publish (%r); will retry", exc)  # channel closing
                 self._outbox.appendleft(publication)
                 return
             self._sequence += 1
@@ -702,6 +721,7 @@ class AmqpLink:
             self._returned.add(str(publish_id))
 
     def _on_confirmation(self, frame: Any) -> None:
+        self._last_progress = self.loop.time()
         method = frame.method
         tag = method.delivery_tag
         if method.multiple:  # keys are in publishing order: stop at the first one above

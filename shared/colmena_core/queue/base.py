@@ -360,7 +360,9 @@ class ColmenaQueues(ABC):
         self._check_role(QueueRole.CLIENT, "wait_until_confirmed")
         return self._wait_confirmed(None, timeout)
 
-    def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
+    def get_result(
+        self, topic: str = "default", timeout: float | None = None, acknowledge: bool = True
+    ) -> Result | None:
         """Get a result: the outcome of a task, or an intermediate result of a running one.
 
         Intermediate results (``complete`` false) come before the final result of their
@@ -369,6 +371,10 @@ class ColmenaQueues(ABC):
         Args:
             topic: Which topic of task to wait for
             timeout: Seconds to wait (fractions honoured); ``None`` waits forever
+            acknowledge: Tell the transport the result is taken care of now. With
+                ``False``, call :meth:`acknowledge_result` once it is processed: on
+                transports that keep results for a client (RabbitMQ), a thinker that stops
+                before gets it again when it restarts with the same ``client_id``
         Returns:
             Result from a computation
         Raises:
@@ -388,6 +394,7 @@ class ColmenaQueues(ABC):
             intermediate = result.complete is False
             if not intermediate and not self._mark_received(result.task_id):
                 logger.info("Dropped a duplicate delivery of the result of task %s", result.task_id)
+                self._acknowledge(result)
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutException(f"No new result on topic {topic!r} within {timeout} s")
                 continue
@@ -395,8 +402,19 @@ class ColmenaQueues(ABC):
                 self._release_input_proxies(result)
             result.time_deserialize_results = result.deserialize()
             result.mark_result_received()
+            if acknowledge:
+                self._acknowledge(result)
             logger.debug("Client received a %s result with topic %s", result.method, topic)
             return result
+
+    def acknowledge_result(self, result: Result) -> None:
+        """Tell the transport that a result taken with ``get_result(acknowledge=False)`` is
+        processed: it will not be delivered again (idempotent)."""
+        self._acknowledge(result)
+
+    def _acknowledge(self, result: Result) -> None:  # noqa: B027 - optional hook
+        """Let the transport forget the delivery of ``result`` (transports that keep results
+        until they are acknowledged override it)."""
 
     def decode_result(self, message: bytes | bytearray | memoryview) -> Result:
         """Decode a result addressed to this client, its payloads still serialized.

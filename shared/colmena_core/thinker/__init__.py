@@ -180,13 +180,17 @@ class ResultProcessorSpec(AgentSpec):
                     )
                     break
             try:
-                result = queues.get_result(self.topic, timeout=thinker.reaction_time)
+                result = queues.get_result(
+                    self.topic, timeout=thinker.reaction_time, acknowledge=False
+                )
             except TimeoutException:
                 continue
             if result is None:
                 continue
             start = time.perf_counter()
             self.func(thinker, result)
+            # Only now: a thinker stopped while processing gets the result again on restart
+            queues.acknowledge_result(result)
             thinker.logger.debug(
                 "Processed a result with topic %s in %.3e s",
                 self.topic,

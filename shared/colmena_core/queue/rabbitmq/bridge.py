@@ -263,6 +263,8 @@ class BrokerConnection:
         )
         self.state: ConnectionState | None = None
         """The current connection (``None`` between connections); loop thread only."""
+        self.disconnected_since: float | None = time.monotonic()
+        """Since when (monotonic clock) the connection has been down; ``None`` while up."""
         self._roles: list[Role] = []
         self._roles_lock = threading.Lock()
         self._background: set[asyncio.Task[Any]] = set()
@@ -348,6 +350,19 @@ class BrokerConnection:
             raise BrokerConnectionError(
                 f"The broker did not answer within {timeout} s" + self._why()
             ) from None
+
+    def stalled_reason(self, bound: float) -> str | None:
+        """Why the connection has not done its work for more than ``bound`` seconds, if so."""
+        down = self.disconnected_since
+        if down is not None and time.monotonic() - down > bound:
+            return f"No connection to the broker for {time.monotonic() - down:.0f} s" + self._why()
+        waited = self.link.stalled_for()
+        if waited > bound:
+            return (
+                f"{self.link.pending} messages have waited {waited:.0f} s for the broker to "
+                "confirm them"
+            )
+        return None
 
     def _why(self) -> str:
         return f" (last error: {self.last_error})" if self.last_error else ""
@@ -454,6 +469,7 @@ class BrokerConnection:
         self.state = state
 
     def _on_ready(self) -> None:
+        self.disconnected_since = None
         state = self.state
         if state is None:
             return
@@ -479,6 +495,8 @@ class BrokerConnection:
         self.spawn(set_up())
 
     def _on_lost(self) -> None:
+        if self.disconnected_since is None:
+            self.disconnected_since = time.monotonic()
         state, self.state = self.state, None
         if state is None:
             return

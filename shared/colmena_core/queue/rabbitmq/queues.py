@@ -20,7 +20,7 @@ from colmena_core.exceptions import MessageDecodeError
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 from colmena_core.queue.rabbitmq.admin import DeadLetter, list_dead_letters, queue_depths
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Delivery
 from colmena_core.queue.rabbitmq.client import ClientRole, ClientSettings
 from colmena_core.queue.rabbitmq.names import CampaignNames, check_name
 from colmena_core.queue.rabbitmq.server import ResultSender, ServerRole, ServerSettings
@@ -146,13 +146,22 @@ class RabbitMQQueues(ColmenaQueues):
             or the file named by ``COLMENA_CAMPAIGN_SECRET_FILE``; none: unsigned). Requests,
             results and kill signals unsigned or signed with another secret are
             dead-lettered (or dropped) with the reason, before anything in them is parsed
+        stall_timeout: Seconds without progress (no connection, no confirmation while
+            messages wait for one, results waiting to be sent) after which
+            :attr:`stalled_reason` says what is stuck
 
     The connection settings (``heartbeat``, ``connect_timeout``, ``max_pending``,
     ``max_pending_bytes``) are those of the first queue object of a process to connect to
     a broker: the others share its connection.
     """
 
-    _LOCAL_STATE = (*ColmenaQueues._LOCAL_STATE, "_session", "_session_pid")
+    _LOCAL_STATE = (
+        *ColmenaQueues._LOCAL_STATE,
+        "_session",
+        "_session_pid",
+        "_unacknowledged",
+        "_unacknowledged_lock",
+    )
 
     def __init__(
         self,
@@ -176,11 +185,15 @@ class RabbitMQQueues(ColmenaQueues):
         max_pending_bytes: int = 256 * 2**20,
         max_message_size: int | None = 128 * 2**20,
         secret: str | bytes | None = None,
+        stall_timeout: float = 300.0,
     ) -> None:
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
         )
         self._use_secret(secret)
+        if not stall_timeout > 0:
+            raise ValueError("stall_timeout must be positive")
+        self.stall_timeout = stall_timeout
         if isinstance(methods, str):
             raise ValueError("methods must be a collection of names, not a single string")
         if prefetch < 1 or delivery_limit < 1 or max_pending < 1:
@@ -224,6 +237,9 @@ class RabbitMQQueues(ColmenaQueues):
 
     def _init_local_state(self) -> None:
         super()._init_local_state()
+        # Results handed over and not acknowledged yet (by id: results are not hashable)
+        self._unacknowledged: dict[int, tuple[Result, Delivery]] = {}
+        self._unacknowledged_lock = threading.Lock()
         self._session: _Session | None = None
         self._session_pid = os.getpid()
 
@@ -263,6 +279,31 @@ class RabbitMQQueues(ColmenaQueues):
         session = self._session if self._session_pid == os.getpid() else None
         server = None if session is None else session.server
         return None if server is None else server.server_id
+
+    @property
+    def stalled_reason(self) -> str | None:
+        """What has made no progress for over ``stall_timeout`` seconds in this process (no
+        broker connection, publishing, results waiting to be sent); ``None`` if nothing.
+
+        Services report it on their readiness endpoint.
+        """
+        session = self._session if self._session_pid == os.getpid() else None
+        if session is None:
+            return None
+        reason = session.connection.stalled_reason(self.stall_timeout)
+        sender = session.sender
+        if reason is None and sender is not None and sender.waited() > self.stall_timeout:
+            reason = f"{sender.pending} results have waited {sender.waited():.0f} s to be sent"
+        return reason
+
+    def health(self) -> dict[str, object]:
+        """Connection, pending confirmations and any stall, for health endpoints."""
+        session = self._session if self._session_pid == os.getpid() else None
+        return {
+            "broker_connected": self.is_connected,
+            "unconfirmed": 0 if session is None else session.connection.link.pending,
+            "stalled_reason": self.stalled_reason,
+        }
 
     # ------------------------------------------------------ connection
     def _get_session(self) -> _Session:
@@ -364,8 +405,16 @@ class RabbitMQQueues(ColmenaQueues):
         except MessageDecodeError as error:
             client.reject(item, error)
             raise
-        client.ack(item)
+        with self._unacknowledged_lock:
+            self._unacknowledged[id(result)] = (result, item)
         return result
+
+    def _acknowledge(self, result: Result) -> None:
+        with self._unacknowledged_lock:
+            held = self._unacknowledged.pop(id(result), None)
+        session = self._session if self._session_pid == os.getpid() else None
+        if held is not None and session is not None:
+            session.client.ack(held[1])
 
     def _send_kill_signal(self) -> None:
         self._get_session().client.send_kill_signal(self.kill_message())

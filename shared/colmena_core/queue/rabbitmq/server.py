@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -592,7 +593,7 @@ class ResultSender:
     ) -> None:
         self._encode = encode
         self._publish = publish
-        self._pending: deque[Result] = deque()
+        self._pending: deque[tuple[float, Result]] = deque()
         self._changed = threading.Condition()
         self._busy = False
         self._stopping = False
@@ -603,7 +604,7 @@ class ResultSender:
         with self._changed:
             if self._stopping:
                 raise RuntimeError("The result sender is stopped")
-            self._pending.append(result)
+            self._pending.append((time.monotonic(), result))
             self._changed.notify_all()
 
     def wait_idle(self, timeout: float) -> bool:
@@ -619,6 +620,11 @@ class ResultSender:
             self._changed.notify_all()
         self._thread.join(timeout)
 
+    def waited(self) -> float:
+        """Seconds the oldest result handed over has waited to be published (0: none)."""
+        with self._changed:
+            return time.monotonic() - self._pending[0][0] if self._pending else 0.0
+
     @property
     def pending(self) -> int:
         with self._changed:
@@ -630,7 +636,7 @@ class ResultSender:
                 self._changed.wait_for(lambda: self._pending or self._stopping)
                 if not self._pending:
                     return
-                result = self._pending.popleft()
+                _, result = self._pending.popleft()
                 self._busy = True
             try:
                 self._publish(result, self._encode(result))
