@@ -30,8 +30,10 @@ class _RecordingQueues(RabbitMQQueues):
 
     results_file: ResultsFile | None = None
 
-    def get_result(self, topic: str = "default", timeout: float | None = None) -> Result | None:
-        result = super().get_result(topic, timeout)
+    def get_result(
+        self, topic: str = "default", timeout: float | None = None, acknowledge: bool = True
+    ) -> Result | None:
+        result = super().get_result(topic, timeout, acknowledge)
         if result is not None and self.results_file is not None:
             self.results_file.record(result)
         return result

@@ -43,6 +43,7 @@ import copy
 import itertools
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -294,9 +295,9 @@ class AmqpLink:
     def stalled_for(self) -> float:
         """Seconds messages have waited for a confirmation without any arriving (0: none
         waits, or confirmations keep coming)."""
-        if not self.pending or self._loop is None:
+        if not self.pending:
             return 0.0
-        return max(self.loop.time() - self._last_progress, 0.0)
+        return max(time.monotonic() - self._last_progress, 0.0)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -574,7 +575,7 @@ class AmqpLink:
     def publish(self, *publications: Publication) -> None:
         """Publish messages, in their order, and keep each until the broker confirms it."""
         if not self.pending:
-            self._last_progress = self.loop.time()  # the wait for confirmations starts now
+            self._last_progress = time.monotonic()  # the wait for confirmations starts now
         for publication in publications:
             publication.number = next(self._numbers)
             if self._too_large(publication):
@@ -721,7 +722,7 @@ class AmqpLink:
             self._returned.add(str(publish_id))
 
     def _on_confirmation(self, frame: Any) -> None:
-        self._last_progress = self.loop.time()
+        self._last_progress = time.monotonic()
         method = frame.method
         tag = method.delivery_tag
         if method.multiple:  # keys are in publishing order: stop at the first one above
