@@ -10,13 +10,16 @@ One module per concern:
 =================  ==========================================================================
 ``names``          the campaign's names and the one name rule (:func:`check_name`)
 ``topology``       exchanges and queues, declared idempotently; message properties
-``bridge``         the process's one connection: an I/O thread, its state per connection,
-                   the roles attached to it and the hand-offs from caller threads
-``client``         the thinker's role: requests out, results in
-``server``         the task server's role: requests in, results out (by a sender thread)
+``bridge``         the process's one connection: an I/O thread and the roles attached to it
+``roles``          what roles are made of: connection state, deliveries, hand-offs
+``client``         the thinker's role: requests out, confirmations, results in
+``server``         the task server's role: requests in, kill signal, results out
+``sender``         the thread that encodes and publishes results, off the engine's threads
 ``leases``         long tasks kept without holding a delivery past the consumer timeout
 ``admin``          queue depths and dead letters (list, requeue, purge), campaign deletion
-``monitor``        heartbeats of task servers, and a monitor of a whole campaign
+``heartbeats``     heartbeats of task servers
+``summaries``      what can be shown of a result without unpickling it
+``monitor``        a monitor of a whole campaign (live servers, copies of results)
 ``queues``         :class:`RabbitMQQueues`, the picklable object users hold
 =================  ==========================================================================
 

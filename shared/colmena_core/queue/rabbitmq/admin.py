@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 from colmena_core.models.wire import MessageDecodeError, peek_header
 from colmena_core.queue.amqp import AmqpLink, ChannelClosedError, Publication
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Role
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection
 from colmena_core.queue.rabbitmq.names import CampaignNames
+from colmena_core.queue.rabbitmq.roles import Role
 from colmena_core.queue.rabbitmq.topology import (
     ERROR_HEADER,
     REASON_HEADER,

@@ -33,8 +33,8 @@ from colmena_core.exceptions import (
 from colmena_core.models import Result
 from colmena_core.models.wire import decode_result
 from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
-from colmena_core.queue.rabbitmq.bridge import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.names import CampaignNames
+from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.topology import (
     CampaignTopology,
     dead_letter,

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from colmena_core.queue.rabbitmq.bridge import ConnectionState, Delivery, Outgoing
+from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Outgoing
 from colmena_core.queue.rabbitmq.topology import (
     LEASE_HEADER,
     TASK_HEADER,

@@ -1,12 +1,9 @@
 """Watch a campaign on a RabbitMQ broker: live task servers, copies of results, queue depths.
 
-Two roles on the process's one broker connection (:mod:`.bridge`), which reconnects by
-itself; neither touches the queues of thinkers or task servers:
-
-* :class:`HeartbeatPublisher` is used by a task server to advertise who it is, which methods
-  it serves and how busy it is. Heartbeats are JSON, non-persistent and expire after their
-  time to live, on the fanout exchange ``CampaignNames.heartbeats_exchange``.
-* :class:`CampaignMonitor` is used by dashboards and the gateway. It keeps a map of the
+A role on the process's one broker connection (:mod:`.bridge`), which reconnects by
+itself, and never touches the queues of thinkers or task servers. Task servers advertise
+themselves with :class:`~.heartbeats.HeartbeatPublisher` (re-exported here);
+:class:`CampaignMonitor` is used by dashboards and the gateway. It keeps a map of the
   live task servers from their heartbeats and binds a private, exclusive queue to the
   campaign's results exchange with ``#``, so it sees a copy of every result without taking
   it from its client. Results are reported as :class:`ResultSummary` objects.
@@ -21,9 +18,7 @@ watching, the delivery contract concerns the result queues of the clients.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import math
 import os
 import platform
 import threading
@@ -33,12 +28,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import pika
-
 from colmena_core.exceptions import MessageDecodeError
-from colmena_core.models import SerializationMethod
-from colmena_core.models.heartbeat import Heartbeat, decode_heartbeat, encode_heartbeat
-from colmena_core.models.wire import SIGNED_MAGIC, decode_result, is_signed
+from colmena_core.models.heartbeat import decode_heartbeat
 from colmena_core.queue.rabbitmq.admin import (
     DeadLetter,
     dead_letters_over,
@@ -46,15 +37,25 @@ from colmena_core.queue.rabbitmq.admin import (
     queue_depths,
     queue_depths_over,
 )
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection, ConnectionState, Outgoing, Role
-from colmena_core.queue.rabbitmq.names import CampaignNames, unescape_word
-from colmena_core.security import TAG_BYTES, MessageSigner, load_secret
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection
+from colmena_core.queue.rabbitmq.heartbeats import HeartbeatPublisher, heartbeat_exchange
+from colmena_core.queue.rabbitmq.names import CampaignNames
+from colmena_core.queue.rabbitmq.roles import ConnectionState, Role
+from colmena_core.queue.rabbitmq.summaries import (
+    TIMING_FIELDS,
+    ResultSummary,
+    client_of_routing_key,
+    summarize_result,
+)
+from colmena_core.security import MessageSigner, load_secret
 
 __all__ = [
+    "TIMING_FIELDS",
     "CampaignMonitor",
     "HeartbeatPublisher",
     "LiveServer",
     "ResultSummary",
+    "client_of_routing_key",
     "heartbeat_exchange",
     "summarize_result",
 ]
@@ -66,315 +67,6 @@ _POLL = 0.2
 
 _MONITOR_QUEUE_LENGTH = 10_000
 """Copies of results a slow monitor may lag behind before the oldest are dropped."""
-
-TIMING_FIELDS = (
-    "time_created",
-    "time_input_received",
-    "time_compute_started",
-    "time_compute_ended",
-    "time_result_sent",
-    "time_running",
-)
-"""The timings of a result reported by :func:`summarize_result`."""
-
-
-def heartbeat_exchange(campaign: str) -> str:
-    """Name of the fanout exchange of the heartbeats of a campaign's task servers.
-
-    Shorthand for ``CampaignNames(campaign).heartbeats_exchange``, where the other names of
-    a campaign are.
-
-    Raises:
-        ValueError: ``campaign`` is not a valid campaign name
-    """
-    return CampaignNames(campaign).heartbeats_exchange
-
-
-# ------------------------------------------------------------------ results
-@dataclass(frozen=True)
-class ResultSummary:
-    """What can be shown of a result without trusting its payloads.
-
-    Attributes:
-        task_id: ID of the task
-        client_id: Client the result is addressed to (from its routing key), when known
-        method: Method that ran
-        topic: Topic of the task
-        success: Whether the task completed (``None``: no outcome recorded)
-        value: The value, decoded when it was serialized as JSON, else ``None``
-        value_format: ``json``, ``pickle`` or ``none`` (the task produced no value)
-        displayable: Whether :attr:`value` holds the value (``False`` for pickled values,
-            which are never unpickled here)
-        failure: The exception of a failed task, as text
-        inputs: ``{"args": [...], "kwargs": {...}}`` when the inputs were kept and are JSON
-        task_info: The user's tracking data
-        timings: The life-cycle timestamps and durations of :data:`TIMING_FIELDS` that are set
-        complete: ``False`` for an intermediate result of a running task (its final result
-            follows), else ``True`` or ``None``
-    """
-
-    task_id: str
-    client_id: str | None
-    method: str | None
-    topic: str
-    success: bool | None
-    value: Any
-    value_format: str
-    displayable: bool
-    failure: str | None
-    inputs: dict[str, Any] | None
-    task_info: dict[str, Any]
-    timings: dict[str, float]
-    complete: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The summary as plain JSON-compatible data."""
-        return asdict(self)
-
-
-def client_of_routing_key(routing_key: str | None) -> str | None:
-    """The client ID a result routing key (``<client_id>.<topic>``) addresses."""
-    if not routing_key or "." not in routing_key:
-        return None
-    return unescape_word(routing_key.split(".", 1)[0])
-
-
-def _json_or_none(payload: Any) -> tuple[Any, bool]:
-    try:
-        return json.loads(bytes(payload)), True
-    except (ValueError, TypeError):
-        return None, False
-
-
-def summarize_result(
-    message: bytes, routing_key: str | None = None, signer: MessageSigner | None = None
-) -> ResultSummary:
-    """Describe an encoded result (see :mod:`colmena_core.models.wire`), never unpickling it.
-
-    Args:
-        message: The bytes of the message
-        routing_key: Routing key it was published with, to tell the client it is for
-        signer: The campaign's signer: the signature is checked first (``None``: a signature
-            is ignored, for display only)
-    Raises:
-        MessageAuthenticationError: unsigned or badly signed, with a signer
-        MessageDecodeError: the bytes are not a Colmena message
-    """
-    if signer is None and is_signed(message):
-        message = message[len(SIGNED_MAGIC) + 1 + TAG_BYTES :]
-    result = decode_result(message, signer)
-    is_json = result.serialization_method is SerializationMethod.JSON
-    value: Any = None
-    displayable = False
-    if result.value is None:
-        value_format, displayable = "none", True
-    elif is_json:
-        value_format = "json"
-        value, displayable = _json_or_none(result.value)
-    else:
-        value_format = "pickle"
-    inputs = None
-    if is_json and isinstance(result.inputs, bytes | str) and result.inputs:
-        decoded, ok = _json_or_none(
-            result.inputs.encode() if isinstance(result.inputs, str) else result.inputs
-        )
-        if ok and isinstance(decoded, list) and len(decoded) == 2:
-            args, kwargs = decoded
-            if args or kwargs:
-                inputs = {"args": list(args), "kwargs": dict(kwargs)}
-    timings = {}
-    for name in TIMING_FIELDS:
-        moment = getattr(result, name)
-        if isinstance(moment, int | float) and math.isfinite(moment):
-            timings[name] = float(moment)
-    return ResultSummary(
-        task_id=result.task_id,
-        client_id=client_of_routing_key(routing_key),
-        method=result.method,
-        topic=result.topic,
-        success=result.success,
-        value=value,
-        value_format=value_format,
-        displayable=displayable,
-        failure=None if result.failure_info is None else result.failure_info.exception,
-        inputs=inputs,
-        task_info=dict(result.task_info),
-        timings=timings,
-        complete=result.complete,
-    )
-
-
-# ---------------------------------------------------------------- heartbeats
-class _HeartbeatRole(Role):
-    """Publishes one server's heartbeats on the shared connection (loop thread)."""
-
-    def __init__(self, publisher: HeartbeatPublisher) -> None:
-        super().__init__()
-        self.publisher = publisher
-        self.in_flight = False
-
-    async def declare(self, state: ConnectionState) -> None:
-        await state.link.rpc(
-            state.link.channel,
-            "exchange_declare",
-            exchange=self.publisher.exchange,
-            exchange_type="fanout",
-            durable=True,
-        )
-
-    async def start(self, state: ConnectionState) -> None:
-        self.send_next()
-
-    def send_next(self) -> None:
-        """Publish the latest status, unless one is on its way."""
-        if self.in_flight or self.state is None:
-            return
-        pending = self.publisher.take_pending()
-        if pending is None:
-            return
-        body, ttl = pending
-        self.in_flight = True
-        properties = pika.BasicProperties(
-            content_type="application/json",
-            delivery_mode=1,
-            expiration=str(max(int(ttl * 1000), 1)),
-            timestamp=int(time.time()),
-        )
-        self.bridge.enqueue(
-            Outgoing(
-                self.publisher.exchange,
-                "",
-                body,
-                properties,
-                on_confirm=self._sent,
-                on_failed=self._failed,
-            )
-        )
-
-    def _sent(self, returned: bool) -> None:
-        self.in_flight = False
-        self.publisher.count_sent()
-        self.send_next()
-
-    def _failed(self, error: BaseException) -> None:
-        self.in_flight = False
-
-    async def close(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        while (self.in_flight or self.publisher.has_pending()) and loop.time() < deadline:
-            self.send_next()
-            await asyncio.sleep(0.01)
-
-
-class HeartbeatPublisher:
-    """Publishes the heartbeats of one task server, on the process's broker connection.
-
-    :meth:`publish` never blocks: it hands the status to the connection's thread, which
-    connects (and reconnects) on its own; when heartbeats come faster than they can be
-    sent, only the latest is sent.
-
-    Args:
-        url: Broker URL
-        campaign: Name of the campaign
-        connect_timeout: Seconds to wait for the broker on each connection attempt
-        secret: Campaign secret that signs the heartbeats (default: from the environment,
-            see :func:`colmena_core.security.load_secret`)
-    """
-
-    def __init__(
-        self,
-        url: str,
-        campaign: str,
-        connect_timeout: float = 10.0,
-        secret: str | bytes | None = None,
-    ) -> None:
-        self.url = url
-        self.campaign = campaign
-        loaded = load_secret(secret)
-        self.signer = None if loaded is None else MessageSigner(loaded)
-        self.exchange = CampaignNames(campaign).heartbeats_exchange
-        self.connect_timeout = connect_timeout
-        self._changed = threading.Condition()
-        self._pending: tuple[bytes, float] | None = None
-        self._closing = False
-        self._stopping = False
-        self._sent = 0
-        self._role: _HeartbeatRole | None = None
-        self._connection: BrokerConnection | None = None
-
-    @property
-    def sent(self) -> int:
-        """How many heartbeats reached the broker."""
-        with self._changed:
-            return self._sent
-
-    @property
-    def last_error(self) -> str | None:
-        """Why the broker connection failed last, if it did."""
-        return None if self._connection is None else self._connection.last_error
-
-    def publish(self, status: Mapping[str, Any], ttl: float) -> None:
-        """Advertise ``status`` (a JSON-compatible mapping) for ``ttl`` seconds.
-
-        A status with ``"stopping": true`` announces that the server stops: heartbeats
-        published after it (by a heartbeat thread that has not noticed yet) are ignored.
-
-        Raises:
-            ValueError: ``ttl`` or the status break the limits of a
-                :class:`~colmena_core.models.heartbeat.Heartbeat`
-            RuntimeError: the publisher is closed
-        """
-        if not ttl > 0:
-            raise ValueError(f"The time to live of a heartbeat must be positive, not {ttl}")
-        body = encode_heartbeat(Heartbeat.model_validate({**status, "ttl": ttl}), self.signer)
-        with self._changed:
-            if self._closing:
-                raise RuntimeError("The heartbeat publisher is closed")
-            if self._stopping and not status.get("stopping"):
-                return
-            self._stopping = self._stopping or bool(status.get("stopping"))
-            self._pending = (body, ttl)
-            role = self._role
-            if role is None:
-                role = self._role = _HeartbeatRole(self)
-                self._connection = BrokerConnection.join(
-                    self.url, role, connect_timeout=self.connect_timeout
-                )
-        assert self._connection is not None
-        self._connection.call(role.send_next)
-
-    def take_pending(self) -> tuple[bytes, float] | None:
-        with self._changed:
-            pending, self._pending = self._pending, None
-            return pending
-
-    def has_pending(self) -> bool:
-        with self._changed:
-            return self._pending is not None
-
-    def count_sent(self) -> None:
-        with self._changed:
-            self._sent += 1
-            self._changed.notify_all()
-
-    def wait_sent(self, count: int = 1, timeout: float | None = None) -> bool:
-        """Wait until ``count`` heartbeats in all reached the broker."""
-        with self._changed:
-            return self._changed.wait_for(lambda: self._sent >= count, timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Send the pending heartbeat (within ``timeout``), then leave the connection."""
-        with self._changed:
-            self._closing = True
-            role, connection = self._role, self._connection
-        if role is not None and connection is not None:
-            connection.detach(role, timeout)
-
-    def __enter__(self) -> HeartbeatPublisher:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # ------------------------------------------------------------------ monitor
@@ -409,10 +101,6 @@ class LiveServer:
         data = asdict(self)
         data.pop("expires")
         return data
-
-
-def _as_int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 class _MonitorRole(Role):

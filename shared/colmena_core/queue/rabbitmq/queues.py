@@ -20,10 +20,12 @@ from colmena_core.exceptions import MessageDecodeError
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.queue.base import ColmenaQueues, QueueRole
 from colmena_core.queue.rabbitmq.admin import DeadLetter, list_dead_letters, queue_depths
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Delivery
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection
 from colmena_core.queue.rabbitmq.client import ClientRole, ClientSettings
 from colmena_core.queue.rabbitmq.names import CampaignNames, check_name
-from colmena_core.queue.rabbitmq.server import ResultSender, ServerRole, ServerSettings
+from colmena_core.queue.rabbitmq.roles import Delivery
+from colmena_core.queue.rabbitmq.sender import ResultSender
+from colmena_core.queue.rabbitmq.server import ServerRole, ServerSettings
 from colmena_core.queue.rabbitmq.topology import DEFAULT_DELIVERY_LIMIT
 
 __all__ = ["BROKER_URL_VARIABLE", "DEFAULT_BROKER_URL", "RabbitMQQueues"]

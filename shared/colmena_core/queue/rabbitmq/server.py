@@ -7,7 +7,7 @@ acknowledges it: a server killed mid-task leaves its requests to the next server
 signal arrives on the server's own control queue and is raised to a caller once the
 requests queued before it are taken.
 
-Results are encoded and published by a :class:`ResultSender` thread of the queues, never
+Results are encoded and published by a :class:`~.sender.ResultSender` thread of the queues, never
 on the engine's threads: ``send_result`` hands the result over and returns. A result goes
 to the reply address its request carried (:attr:`Result.reply_to`, else the request's
 ``reply_to`` property).
@@ -19,9 +19,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,10 +35,10 @@ from colmena_core.models import Result
 from colmena_core.models.wire import decode_kill, encode_result
 from colmena_core.names import check_name
 from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
-from colmena_core.queue.rabbitmq.bridge import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.client import refusal
 from colmena_core.queue.rabbitmq.leases import Leases
 from colmena_core.queue.rabbitmq.names import CampaignNames
+from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.topology import (
     REASON_HEADER,
     ROUTING_KEY_HEADER,
@@ -51,7 +50,7 @@ from colmena_core.queue.rabbitmq.topology import (
 )
 from colmena_core.security import MessageSigner
 
-__all__ = ["Held", "ResultSender", "ServerRole", "ServerSettings"]
+__all__ = ["Held", "ServerRole", "ServerSettings"]
 
 logger = logging.getLogger(__name__)
 
@@ -575,75 +574,3 @@ class ServerRole(Role):
         if serving is not None and serving.channel.is_open:
             serving.channel.close()
         self._serving = None
-
-
-class ResultSender:
-    """A thread that encodes and publishes the results a task server hands over.
-
-    ``send_result`` runs on the engine's threads (Parsl's result thread, a worker pool):
-    it must not block there while the broker is slow or away. It appends the result here
-    and returns; this thread encodes it (``encode``) and publishes it (``publish``), in
-    the order results were handed over.
-    """
-
-    def __init__(
-        self,
-        encode: Callable[[Result], bytes],
-        publish: Callable[[Result, bytes], None],
-    ) -> None:
-        self._encode = encode
-        self._publish = publish
-        self._pending: deque[tuple[float, Result]] = deque()
-        self._changed = threading.Condition()
-        self._busy = False
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="colmena-results", daemon=True)
-        self._thread.start()
-
-    def put(self, result: Result) -> None:
-        with self._changed:
-            if self._stopping:
-                raise RuntimeError("The result sender is stopped")
-            self._pending.append((time.monotonic(), result))
-            self._changed.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until every result handed over is published (not necessarily confirmed)."""
-        with self._changed:
-            return self._changed.wait_for(lambda: not self._pending and not self._busy, timeout)
-
-    def stop(self, timeout: float) -> None:
-        """Publish what was handed over (within ``timeout``), then end the thread."""
-        self.wait_idle(timeout)
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        self._thread.join(timeout)
-
-    def waited(self) -> float:
-        """Seconds the oldest result handed over has waited to be published (0: none)."""
-        with self._changed:
-            return time.monotonic() - self._pending[0][0] if self._pending else 0.0
-
-    @property
-    def pending(self) -> int:
-        with self._changed:
-            return len(self._pending) + self._busy
-
-    def _run(self) -> None:
-        while True:
-            with self._changed:
-                self._changed.wait_for(lambda: self._pending or self._stopping)
-                if not self._pending:
-                    return
-                _, result = self._pending.popleft()
-                self._busy = True
-            try:
-                self._publish(result, self._encode(result))
-            except Exception:
-                # The request stays unacknowledged: the broker gives it to a server again
-                logger.exception("Could not send the result of task %s", result.task_id)
-            finally:
-                with self._changed:
-                    self._busy = False
-                    self._changed.notify_all()

@@ -16,8 +16,9 @@ from typing import Any
 import pika
 
 from colmena_core.queue.amqp import AmqpLink, ChannelClosedError
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection, Delivery, Outgoing
+from colmena_core.queue.rabbitmq.bridge import BrokerConnection
 from colmena_core.queue.rabbitmq.names import CampaignNames
+from colmena_core.queue.rabbitmq.roles import Delivery, Outgoing
 
 __all__ = [
     "CONTENT_TYPE",
