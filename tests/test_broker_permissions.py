@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -270,3 +271,46 @@ def test_what_a_service_kind_must_not_do_is_refused(user_urls: dict[str, str]) -
     # Nobody but the broker's administrator makes or deletes other names
     for kind in KINDS:
         _refused(user_urls[kind], lambda channel: channel.exchange_declare("elsewhere", "fanout"))
+
+
+def test_the_task_server_service_serves_with_its_own_user(user_urls: dict[str, str]) -> None:
+    """``colmena taskserver`` as deployed: logged in as the task servers' user, it connects
+    (declaring nothing its user may not), serves a thinker's task and stops on the kill."""
+    secret = new_secret()
+    tests = Path(__file__).resolve().parent
+    env = {
+        **os.environ,
+        SECRET_VARIABLE: secret,
+        "COLMENA_BROKER_URL": user_urls["taskserver"],
+        "COLMENA_CAMPAIGN": CAMPAIGN,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(tests), os.environ.get("PYTHONPATH")])),
+    }
+    command = ["taskserver", "--methods", "service_apps:METHODS", "--engine", "local"]
+    service = subprocess.Popen(
+        [sys.executable, "-m", "colmena_services.cli", *command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    thinker = RabbitMQQueues(
+        url=user_urls["thinker"],
+        campaign=CAMPAIGN,
+        client_id="service-thinker",
+        methods=["double"],
+        secret=secret,
+    )
+    thinker.set_role("client")
+    try:
+        thinker.send_inputs(21.0, method="double")
+        result = thinker.get_result(timeout=WAIT * 2)
+        assert result is not None and result.success and result.value == 42.0, result
+        thinker.send_kill_signal()
+        output, _ = service.communicate(timeout=WAIT * 2)
+        assert service.returncode == 0, output
+        assert "ACCESS_REFUSED" not in output and "Traceback" not in output, output
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait(timeout=WAIT)
+        thinker.disconnect()

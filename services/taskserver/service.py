@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from colmena_core.models import Result
+from colmena_core.queue.base import QueueRole
 from colmena_core.queue.monitor import HeartbeatPublisher
 from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.task_server.base import FutureBasedTaskServer
@@ -104,6 +105,9 @@ class TaskServerService:
             max_message_size=settings.max_message_size,
             stall_timeout=settings.stall_timeout,
         )
+        # Before it connects: a server declares no result queues of its own (and its broker
+        # user may not)
+        self.queues.set_role(QueueRole.SERVER)
         self.server: FutureBasedTaskServer
         if config is None:
             from colmena_core.task_server.local import LocalTaskServer
