@@ -3,7 +3,8 @@
 The thinker sends its tasks and waits until the broker confirmed them
 (``wait_until_confirmed``) before it records them as sent; its ``@result_processor``
 acknowledges a result only once the handler returned. Killed while handling a result, the
-thinker gets that result again when it restarts, with every other one not yet processed.
+thinker gets that result again when it restarts, with every other one not yet processed,
+and can ask the broker which of its tasks are still in flight (``in_flight``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def run_thinker(
     It blocks (until killed) while handling its ``block_at``-th result of this run.
     """
     folder = Path(directory)
-    queues = RabbitMQQueues(url=url, campaign=campaign, client_id="steady", methods=["add"])
+    queues = RabbitMQQueues(
+        url=url, campaign=campaign, client_id="steady", methods=["add"], ledger=True
+    )
 
     class Steer(BaseThinker):
         handled = 0
@@ -85,6 +88,8 @@ def run_thinker(
             if sent and sent <= set(_lines(folder / "processed")):
                 self.done.set()
 
+    if not send:  # restarted: ask the broker what is still in flight, before taking results
+        _append(folder / "in_flight", "\n".join(queues.in_flight(WAIT)) or "-")
     Steer(queues).run()
 
 
@@ -109,6 +114,7 @@ def test_thinker_killed_mid_campaign_loses_no_request_and_no_result(
     assert len(sent) == TASKS
     assert interrupted not in _lines(tmp_path / "processed")
 
+    processed_before = set(_lines(tmp_path / "processed"))
     second = context.Process(
         target=run_thinker, args=(campaign.url, campaign.name, str(tmp_path), 0, None, blocked)
     )
@@ -121,4 +127,9 @@ def test_thinker_killed_mid_campaign_loses_no_request_and_no_result(
     processed = _lines(tmp_path / "processed")
     assert set(processed) == set(sent)  # no request lost, no result lost
     assert interrupted in processed
+    # The restarted thinker knew what it still waited for: every task not processed before
+    # (a result processed just before the kill may be listed too: its record was in flight)
+    in_flight = set(_lines(tmp_path / "in_flight")) - {"-"}
+    assert set(sent) - processed_before <= in_flight <= set(sent)
+    assert interrupted in in_flight
     stop_task_servers(campaign.queues(methods=["add"]), server, timeout=WAIT)

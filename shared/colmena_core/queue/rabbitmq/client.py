@@ -38,6 +38,7 @@ from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, 
 from colmena_core.queue.rabbitmq.topology import (
     CampaignTopology,
     dead_letter,
+    quorum_arguments,
     request_properties,
 )
 from colmena_core.security import MessageSigner
@@ -59,6 +60,9 @@ class ClientSettings:
     delivery_limit: int
     lease_after: float
     publish_timeout: float
+    ledger: bool = False
+    """Record confirmed requests and processed results, so a restarted client can ask
+    which of its tasks are in flight (:meth:`ClientRole.in_flight`)."""
 
 
 def _older_than(moment: float, item: Delivery | Result) -> bool:
@@ -196,6 +200,11 @@ class ClientRole(Role):
             await topology.declare_client(
                 self.settings.client_id, self.settings.topics, self.settings.methods or ()
             )
+            if self.settings.ledger:
+                await topology.declare_queue(
+                    self.names.ledger_queue(self.settings.client_id),
+                    quorum_arguments(None, self.names.dead_exchange),
+                )
 
     async def start(self, state: ConnectionState) -> None:
         if self._housekeeper is None:
@@ -264,6 +273,61 @@ class ClientRole(Role):
             self._confirmations.pop(task_id, None)
         if not confirmed.done():
             confirmed.set_result(returned)
+        self._record(b"+", task_id)
+
+    def _record(self, mark: bytes, task_id: str) -> None:
+        """Note in the client's ledger that a task was confirmed (+) or processed (-)."""
+        if not self.settings.ledger:
+            return
+        self.bridge.enqueue(
+            Outgoing(
+                "",
+                self.names.ledger_queue(self.settings.client_id),
+                mark + task_id.encode(),
+                pika.BasicProperties(delivery_mode=2),
+            )
+        )
+
+    def processed(self, task_id: str) -> None:
+        """Note that the result of ``task_id`` was processed (caller thread)."""
+        if self.settings.ledger:
+            self.bridge.call(self._record, b"-", task_id)
+
+    def in_flight(self, timeout: float) -> set[str]:
+        """Tasks this client sent whose requests were confirmed and whose results were not
+        processed yet, as the ledger on the broker says (caller thread).
+
+        Raises:
+            ValueError: the queues keep no ledger
+            BrokerConnectionError: the broker did not answer in time
+        """
+        if not self.settings.ledger:
+            raise ValueError("These queues keep no ledger: create them with ledger=True")
+        self.bridge.wait_ready(self, timeout)
+        return self.bridge.run(self._read_ledger(), timeout)
+
+    async def _read_ledger(self) -> set[str]:
+        link = self.bridge.link
+        queue = self.names.ledger_queue(self.settings.client_id)
+        await link.wait_confirmed(self.settings.publish_timeout)  # our own records first
+        channel = await link.open_channel()
+        try:
+            sent: dict[str, int] = {}
+            done: dict[str, int] = {}
+            while (message := await link.get(channel, queue)) is not None:
+                method, _, body = message
+                mark, task_id = body[:1], body[1:].decode(errors="replace")
+                (sent if mark == b"+" else done)[task_id] = method.delivery_tag
+            # Compaction: the records of finished tasks go, the others stay
+            for task_id, tag in done.items():
+                channel.basic_ack(tag)
+                if task_id in sent:
+                    channel.basic_ack(sent.pop(task_id))
+            channel.basic_nack(delivery_tag=0, multiple=True, requeue=True)
+            return set(sent)
+        finally:
+            if channel.is_open:
+                channel.close()
 
     def _request_refused(
         self,

@@ -145,6 +145,10 @@ class CampaignNames:
             queues += [self.result_queue(client, t) for t in topics]
         return queues
 
+    def ledger_queue(self, client_id: str) -> str:
+        """Queue where a client records its confirmed requests and processed results."""
+        return self._checked(f"{self.prefix}.ledger.{client_id}")
+
     def control_queue(self, server_id: str) -> str:
         """Queue where one task server receives the kill signal."""
         return f"{self.prefix}.control.{server_id}"

@@ -151,6 +151,10 @@ class RabbitMQQueues(ColmenaQueues):
         stall_timeout: Seconds without progress (no connection, no confirmation while
             messages wait for one, results waiting to be sent) after which
             :attr:`stalled_reason` says what is stuck
+        ledger: Keep a ledger on the broker of this client's confirmed requests and
+            processed results (two small messages per task), so that a thinker restarted
+            with the same ``client_id`` can ask which of its tasks are in flight
+            (:meth:`in_flight`)
 
     The connection settings (``heartbeat``, ``connect_timeout``, ``max_pending``,
     ``max_pending_bytes``) are those of the first queue object of a process to connect to
@@ -188,6 +192,7 @@ class RabbitMQQueues(ColmenaQueues):
         max_message_size: int | None = 128 * 2**20,
         secret: str | bytes | None = None,
         stall_timeout: float = 300.0,
+        ledger: bool = False,
     ) -> None:
         super().__init__(
             topics, serialization_method, keep_inputs, proxystore_name, proxystore_threshold
@@ -219,6 +224,7 @@ class RabbitMQQueues(ColmenaQueues):
                 delivery_limit=delivery_limit,
                 lease_after=lease_after,
                 publish_timeout=publish_timeout,
+                ledger=ledger,
             ),
             server=ServerSettings(
                 names=names,
@@ -417,6 +423,8 @@ class RabbitMQQueues(ColmenaQueues):
         session = self._session if self._session_pid == os.getpid() else None
         if held is not None and session is not None:
             session.client.ack(held[1])
+            if result.complete is not False:
+                session.client.processed(result.task_id)
 
     def _send_kill_signal(self) -> None:
         self._get_session().client.send_kill_signal(self.kill_message())
@@ -437,6 +445,19 @@ class RabbitMQQueues(ColmenaQueues):
         session.client.flush(queues)
         if session.server is not None:
             session.connection.run(session.server.flush(), self._settings.client.publish_timeout)
+
+    def in_flight(self, timeout: float = 30.0) -> set[str]:
+        """IDs of this client's tasks whose requests the broker confirmed and whose final
+        results were not processed (acknowledged) yet, by this process or an earlier one
+        with the same ``client_id``: what a restarted thinker still waits for.
+
+        Needs ``ledger=True``. Results of these tasks that already wait in the result
+        queues come with the next :meth:`get_result` calls.
+
+        Raises:
+            ValueError: the queues keep no ledger
+        """
+        return self._get_session().client.in_flight(timeout)
 
     # -------------------------------------------------------- status
     def queue_depths(self) -> dict[str, int]:
