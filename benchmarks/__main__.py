@@ -22,7 +22,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import Measurement, cpu_ceiling, cpu_cell, table, verdict, write_section
+from benchmarks.report import (
+    Measurement,
+    cpu_ceiling,
+    cpu_cell,
+    parts_cell,
+    table,
+    verdict,
+    write_section,
+)
 
 SUITES: dict[str, str] = {
     "engine": "benchmarks.engine",
@@ -41,7 +49,14 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
     parsl_big, ours_big = results["parsl-1mib"], results["colmena-1mib"]
     proxied = results["colmena-1mib-proxystore"]
     rows = [
-        [m.name, f"{m.round_trip:.2f}", f"{m.round_trip_p99:.2f}", f"{m.rate:,.0f}", cpu_cell(m)]
+        [
+            m.name,
+            f"{m.round_trip:.2f}",
+            f"{m.round_trip_p99:.2f}",
+            f"{m.rate:,.0f}",
+            cpu_cell(m),
+            parts_cell(m, "Parsl's interchange and workers"),
+        ]
         for m in (parsl, ours, parsl_big, ours_big, proxied)
     ]
     ratio = ours.rate / parsl.rate
@@ -80,7 +95,9 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
             f"{platform.python_version()}; medians of {repeats} runs; HighThroughputExecutor "
             f"with 2 workers; throughput with {IN_FLIGHT} tasks in flight. The last column "
             "is the CPU time per task of every process of the run (Parsl's interchange and "
-            'workers included) in the throughput run; "CPU allows" is the ratio of those '
+            "workers included) in the throughput run, then its split by process (the client "
+            "that submits to Parsl, or the thinker and the task server that runs Parsl's "
+            'DataFlowKernel); "CPU allows" is the ratio of those '
             "costs, the most a machine whose cores are all busy can give. ProxyStore uses a "
             f"FileConnector in {STORE_PARENT or 'the temporary directory'}.",
             table(
@@ -91,6 +108,7 @@ def engine_section(results: dict[str, Measurement], repeats: int) -> str:
                     "p99 (ms)",
                     "tasks/s",
                     "CPU per task, all (ms)",
+                    "CPU per task by process (ms)",
                 ],
             ),
             table(bars, ["bar", "measured", "target", "verdict"]),

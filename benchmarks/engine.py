@@ -87,7 +87,7 @@ def parsl_alone(result: Measurement, payload: Any, round_trips: int, tasks: int)
                 if remaining[0] == 0:
                     finished.set()
 
-        with RunCpu(result, tasks):
+        with RunCpu(result, tasks, parts={"client": os.getpid()}):
             start = time.perf_counter()
             for _ in range(tasks):
                 slots.acquire()
@@ -128,7 +128,8 @@ def colmena_parsl(
         result.round_trip_ms.append(median)
         result.round_trip_p99_ms.append(p99)
 
-        with RunCpu(result, tasks, broker_port):
+        parts = {"thinker": os.getpid(), "task server": server.pid}
+        with RunCpu(result, tasks, broker_port, parts):
             start = time.perf_counter()
             sent = 0
             for _ in range(min(IN_FLIGHT, tasks)):

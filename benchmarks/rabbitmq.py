@@ -40,6 +40,7 @@ from benchmarks.report import (
     cpu_ceiling,
     cpu_cell,
     cpu_seconds_between,
+    parts_cell,
     percentile,
     run_cpu_seconds,
     table,
@@ -530,7 +531,10 @@ def section(results: RabbitMQResults) -> str:
     for name in ("raw-confirm", "raw-no-confirm", "queues-echo", "queues-local"):
         thinker, server = results.cpu(name)
         queue_rows.append([*_row(m[name]), f"{thinker:.3f} / {server:.3f}", cpu_cell(m[name])])
-    parsl_rows = [[*_row(m[n]), cpu_cell(m[n])] for n in ("parsl", "colmena-parsl-rabbitmq")]
+    parsl_rows = [
+        [*_row(m[n]), cpu_cell(m[n]), parts_cell(m[n], "Parsl's interchange and workers")]
+        for n in ("parsl", "colmena-parsl-rabbitmq")
+    ]
 
     echo, fair, loose = m["queues-echo"], m["raw-confirm"], m["raw-no-confirm"]
     local = m["queues-local"]
@@ -585,7 +589,7 @@ def section(results: RabbitMQResults) -> str:
         "CPU per task in all its processes over ours: the most a machine whose cores are all "
         "busy can "
         "give):",
-        table(parsl_rows, [*header, "CPU per task, all (ms)"]),
+        table(parsl_rows, [*header, "CPU per task, all (ms)", "CPU per task by process (ms)"]),
     ]
     s = results.scale
     if s is not None:

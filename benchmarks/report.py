@@ -28,6 +28,8 @@ class Measurement:
     throughput: list[float] = field(default_factory=list)
     run_cpu_ms: list[float] = field(default_factory=list)
     """CPU time per task of every process of the run (broker and Parsl included), pipelined"""
+    part_cpu_ms: dict[str, list[float]] = field(default_factory=dict)
+    """The share of named processes (the thinker, the task server, the broker) in it"""
     notes: str = ""
 
     @property
@@ -45,6 +47,11 @@ class Measurement:
     @property
     def run_cpu(self) -> float:
         return statistics.median(self.run_cpu_ms) if self.run_cpu_ms else float("nan")
+
+    def part_cpu(self, part: str) -> float:
+        """Median CPU time per task of one named process (see :class:`RunCpu`)."""
+        values = self.part_cpu_ms.get(part)
+        return statistics.median(values) if values else float("nan")
 
 
 RUN_MARKER = "colmena-bench-"
@@ -111,10 +118,20 @@ class RunCpu:
     :func:`run_cpu_seconds`): on a machine whose cores are all busy, throughput is the cores
     divided by that cost."""
 
-    def __init__(self, result: Measurement, tasks: int, broker_port: int | None = None) -> None:
+    def __init__(
+        self,
+        result: Measurement,
+        tasks: int,
+        broker_port: int | None = None,
+        parts: dict[str, int | None] | None = None,
+    ) -> None:
         self.result = result
         self.tasks = tasks
         self.broker_port = broker_port
+        self.parts = dict(parts or {})
+        """Processes whose own share to record, by name (pid); the broker's is added"""
+        if broker_port is not None:
+            self.parts.setdefault("broker", _broker_pid(broker_port))
 
     def __enter__(self) -> RunCpu:
         self.start = run_cpu_seconds(self.broker_port)
@@ -122,8 +139,16 @@ class RunCpu:
 
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
-            used = cpu_seconds_between(self.start, run_cpu_seconds(self.broker_port))
+            end = run_cpu_seconds(self.broker_port)
+            used = cpu_seconds_between(self.start, end)
             self.result.run_cpu_ms.append(1000 * used / self.tasks)
+            for name, pid in self.parts.items():
+                if pid is None:
+                    continue
+                share = sum(
+                    total - self.start.get(key, 0.0) for key, total in end.items() if key[0] == pid
+                )
+                self.result.part_cpu_ms.setdefault(name, []).append(1000 * share / self.tasks)
 
 
 def table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -164,3 +189,13 @@ def cpu_ceiling(ours: Measurement, baseline: Measurement) -> float:
 def cpu_cell(m: Measurement) -> str:
     """The CPU per task of every process of a run, for a table."""
     return "—" if not m.run_cpu_ms else f"{m.run_cpu:.2f}"
+
+
+def parts_cell(m: Measurement, rest: str = "the rest") -> str:
+    """The CPU per task of the named processes of a run and of the others, for a table."""
+    if not m.part_cpu_ms or not m.run_cpu_ms:
+        return "—"
+    parts = {name: m.part_cpu(name) for name in m.part_cpu_ms}
+    cells = [f"{name} {value:.2f}" for name, value in parts.items()]
+    cells.append(f"{rest} {m.run_cpu - sum(parts.values()):.2f}")
+    return " / ".join(cells)
