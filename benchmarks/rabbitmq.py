@@ -52,7 +52,14 @@ from colmena_core.models.wire import encode_result
 from colmena_core.queue.base import QueueRole
 from colmena_core.queue.rabbitmq import RabbitMQQueues, queue_depths
 from colmena_core.task_server import LocalTaskServer
-from colmena_core.testing.brokers import ThrowawayCampaign, acquire_rabbitmq
+from colmena_core.testing.brokers import (
+    URL_VARIABLE,
+    BrokerUnavailableError,
+    RabbitMQBroker,
+    ThrowawayCampaign,
+    ThrowawayRabbitMQ,
+    acquire_rabbitmq,
+)
 
 __all__ = ["RabbitMQResults", "ScaleFigures", "run", "section"]
 
@@ -450,6 +457,22 @@ def scale(url: str, tasks: int) -> ScaleFigures:
 
 
 # ------------------------------------------------------------------ run
+def _own_broker() -> RabbitMQBroker:
+    """A RabbitMQ node started for the run, unless a broker is named in the environment.
+
+    A broker shared with other work (the machine's own) spends CPU on that work too, which
+    the run would count as its own; a node of the run's own serves the run alone. Falls back
+    to :func:`acquire_rabbitmq` when no node can start.
+    """
+    if not os.environ.get(URL_VARIABLE):
+        try:
+            node = ThrowawayRabbitMQ()
+            return RabbitMQBroker(node.url, "throwaway", node.__enter__())
+        except BrokerUnavailableError as exc:
+            logger.warning("No RabbitMQ node of the run's own (%s): using a shared broker", exc)
+    return acquire_rabbitmq()
+
+
 def run(repeats: int, quick: bool) -> RabbitMQResults:
     """Every configuration, interleaved so that drift affects them alike; then the scale run."""
     round_trips = 100 if quick else 300
@@ -471,7 +494,7 @@ def run(repeats: int, quick: bool) -> RabbitMQResults:
     results.request_bytes = _request_size()
     body = b"x" * results.request_bytes
     m = results.measurements
-    broker = acquire_rabbitmq()
+    broker = _own_broker()
     results.broker = broker.kind
     url = broker.url
     start_load = os.getloadavg()[0]
@@ -506,6 +529,12 @@ def run(repeats: int, quick: bool) -> RabbitMQResults:
 
 
 # --------------------------------------------------------------- report
+_BROKERS: dict[str, str] = {
+    "throwaway": "a RabbitMQ node started for the run on this machine (its CPU, counted as "
+    "the broker's, is the run's alone)",
+    "local": "the machine's RabbitMQ broker (shared: its CPU, counted as the broker's, "
+    "includes any other work it serves)",
+}
 _LABELS: dict[str, str] = {
     "raw-confirm": "raw pika: persistent, publisher confirms, manual acks",
     "raw-no-confirm": "raw pika: persistent, manual acks, no publisher confirms",
@@ -572,7 +601,8 @@ def section(results: RabbitMQResults) -> str:
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} ({os.cpu_count()} "
         f"cores; 1-minute load average {results.load[0]:.1f} at the start, "
         f"{results.load[1]:.1f} at the end) with Python {platform.python_version()} against "
-        f"a {results.broker} RabbitMQ broker; medians of {results.repeats} runs"
+        f"{_BROKERS.get(results.broker, f'a {results.broker} RabbitMQ broker')}; medians of "
+        f"{results.repeats} runs"
         f"{' (quick mode)' if results.quick else ''}. Every queue is a "
         f"durable quorum queue; a no-op request is {results.request_bytes} bytes and raw pika "
         f"sends bodies of the same size. Thinker and task server are separate processes. "
