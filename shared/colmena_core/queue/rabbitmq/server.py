@@ -3,14 +3,18 @@
 It consumes the request queues of the methods it serves (and the unrouted requests) into
 an :class:`~.bridge.Inbox`, holds each request unacknowledged until the broker confirmed
 its final result (intermediate results, ``complete`` false, leave it held), then
-acknowledges it: a server killed mid-task leaves its requests to the next server. Requests held longer than ``lease_after`` move to leases (:mod:`.leases`). The kill
-signal arrives on the server's own control queue and is raised to a caller once the
-requests queued before it are taken.
+acknowledges it: a server killed mid-task leaves its requests to the next server. Requests
+held longer than ``lease_after`` move to leases (:mod:`.leases`). What arrives (requests,
+the kill signal on the server's own control queue) is checked and sorted by :mod:`.intake`;
+what a confirmed result settles is decided by :mod:`.results`.
 
-Results are encoded and published by a :class:`~.sender.ResultSender` thread of the queues, never
-on the engine's threads: ``send_result`` hands the result over and returns. A result goes
-to the reply address its request carried (:attr:`Result.reply_to`, else the request's
+Results are encoded and published by a :class:`~.sender.ResultSender` thread of the queues,
+never on the engine's threads: ``send_result`` hands the result over and returns. A result
+goes to the reply address its request carried (:attr:`Result.reply_to`, else the request's
 ``reply_to`` property).
+
+This module owns the role's consumers, channel and life on each connection; it must not
+decode results nor block the loop thread.
 """
 
 from __future__ import annotations
@@ -26,36 +30,21 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from colmena_core.exceptions import (
-    KillSignalException,
-    MessageAuthenticationError,
-    MessageDecodeError,
-)
+from colmena_core.exceptions import KillSignalException
 from colmena_core.models import Result
-from colmena_core.models.wire import decode_kill, encode_result
 from colmena_core.names import check_name
-from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
-from colmena_core.queue.rabbitmq.client import refusal
+from colmena_core.queue.amqp import ChannelClosedError
+from colmena_core.queue.rabbitmq.intake import Held, Intake
 from colmena_core.queue.rabbitmq.leases import Leases
 from colmena_core.queue.rabbitmq.names import CampaignNames
-from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, Outgoing, Role
-from colmena_core.queue.rabbitmq.topology import (
-    REASON_HEADER,
-    ROUTING_KEY_HEADER,
-    TASK_HEADER,
-    CampaignTopology,
-    copy_properties,
-    dead_letter,
-    result_properties,
-)
+from colmena_core.queue.rabbitmq.results import ResultPublishing
+from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, Role
+from colmena_core.queue.rabbitmq.topology import CampaignTopology
 from colmena_core.security import MessageSigner
 
 __all__ = ["Held", "ServerRole", "ServerSettings"]
 
 logger = logging.getLogger(__name__)
-
-COMPLETED_KEPT = 100_000
-"""How many finished task IDs a task server remembers to recognise redeliveries."""
 
 
 @dataclass(frozen=True)
@@ -69,21 +58,6 @@ class ServerSettings:
     lease_after: float
     lease_ttl: float
     publish_timeout: float
-
-
-@dataclass(eq=False)
-class Held:
-    """A request a task server holds, from delivery until its result is confirmed."""
-
-    task_id: str
-    body: bytes
-    routing_key: str
-    properties: Any
-    delivery: Delivery | None
-    task: Result | None = None
-    """The request decoded, for the caller (handed over once)."""
-    leased: bool = False
-    leasing: bool = False
 
 
 @dataclass(eq=False)
@@ -116,6 +90,8 @@ class ServerRole(Role):
         self.held: dict[str, Held] = {}
         self.completed: OrderedDict[str, None] = OrderedDict()
         self.leases = Leases(self)
+        self.intake = Intake(self)
+        self.results = ResultPublishing(self)
         self._served = served
         self._served_lock = threading.Lock()
         self._want_serving = threading.Event()
@@ -172,7 +148,7 @@ class ServerRole(Role):
             reply_to = self.settings.client_id
         # An intermediate result leaves the request held: the task still runs
         final = result.complete is not False
-        publish = self._result_publication(result.task_id, result.topic, reply_to, message, final)
+        publish = self.results.publication(result.task_id, result.topic, reply_to, message, final)
         publish.budget = len(message)
         bridge.publish(publish, self.settings.publish_timeout)
 
@@ -237,7 +213,9 @@ class ServerRole(Role):
         await self.consume(
             serving, self.names.expired_lease_queue(self.server_id), self.leases.on_expired
         )
-        await self.consume(serving, self.names.control_queue(self.server_id), self._on_control, 1)
+        await self.consume(
+            serving, self.names.control_queue(self.server_id), self.intake.on_control, 1
+        )
         await self.update_request_consumers()
 
     async def consume(
@@ -310,7 +288,7 @@ class ServerRole(Role):
                 if wanted:
                     for queue in self.request_queues():
                         tag = await self.consume(
-                            serving, queue, partial(self._on_request, queue), wanted
+                            serving, queue, partial(self.intake.on_request, queue), wanted
                         )
                         serving.request_tags.append(tag)
         finally:
@@ -325,178 +303,16 @@ class ServerRole(Role):
         for entry in dropped:
             self.held.pop(entry.task_id, None)
 
-    # ---------------------------------------------------------- receiving
+    @property
+    def closing(self) -> bool:
+        """Whether the role is closing (its private queues are going)."""
+        return self._closing
+
     def release(self, entry: Held, ack: bool = True) -> None:
         """Acknowledge (or give back) the delivery a held request came with, once."""
         delivery, entry.delivery = entry.delivery, None
         if delivery is not None:
             delivery.settle(ack, requeue=not ack)
-
-    def _on_control(self, delivery: Delivery) -> None:
-        delivery.settle(True)
-        try:
-            decode_kill(delivery.body, self.signer)
-        except MessageDecodeError as exc:
-            logger.warning("Ignored a message on the control queue that is no kill signal: %s", exc)
-            return
-        logger.info("Kill signal received; it takes effect once the queued requests are taken")
-        self.bridge.spawn(self._signal_kill_when_drained())
-
-    async def _signal_kill_when_drained(self) -> None:
-        """Raise the kill signal to a caller once no request queued before it is waiting."""
-        link = self.bridge.link
-        while not self._closing:
-            try:
-                await link.wait_ready()
-                if not len(self.request_inbox):
-                    waiting = 0
-                    for queue in self.request_queues():
-                        frame = await link.rpc(
-                            link.channel, "queue_declare", queue=queue, passive=True
-                        )
-                        waiting += frame.method.message_count
-                    if not waiting and not len(self.request_inbox):
-                        break
-            except ChannelClosedError:
-                pass
-            await asyncio.sleep(0.05)
-        self.request_inbox.signal()
-
-    def _on_request(self, queue: str, delivery: Delivery) -> None:
-        entry = Held("", delivery.body, delivery.routing_key, delivery.properties, delivery)
-        try:
-            task = self.decode(entry)
-        except MessageAuthenticationError as exc:
-            dead_letter(self.bridge, self.names, delivery, "unauthenticated", str(exc))
-            return
-        except (MessageDecodeError, ValueError) as exc:
-            dead_letter(self.bridge, self.names, delivery, "rejected", str(exc))
-            return
-        if self.leases.expirations(delivery.properties) >= self.settings.delivery_limit:
-            error = f"The task servers that held task {task.task_id} stopped too often"
-            dead_letter(self.bridge, self.names, delivery, "delivery_limit", error)
-            return
-        task_id = entry.task_id = task.task_id
-        entry.task = task
-        if task_id in self.completed:
-            delivery.settle(True)  # its result is already confirmed
-            return
-        held = self.held.get(task_id)
-        if held is not None:  # a copy of a request we hold: keep one unacknowledged copy
-            current = held.delivery
-            if held.leased or (current is not None and current.state is delivery.state):
-                delivery.settle(True)
-            else:
-                held.delivery = delivery
-            return
-        self.held[task_id] = entry
-        served = self.served
-        if (
-            queue == self.names.unrouted_queue
-            and served is not None
-            and task.method is not None
-            and task.method not in served
-        ):
-            self.bridge.spawn(self._reroute(entry, task.method))
-        else:
-            self.request_inbox.put(entry)
-
-    async def _reroute(self, entry: Held, method: str) -> None:
-        """Send a request that came unrouted to its method queue, if one appeared since."""
-        link = self.bridge.link
-        exists = False
-        with contextlib.suppress(ChannelClosedError, ValueError):
-            channel = await link.open_channel()
-            try:
-                await link.rpc(
-                    channel, "queue_declare", queue=self.names.request_queue(method), passive=True
-                )
-                exists = True
-            finally:
-                if channel.is_open:
-                    channel.close()
-        if not exists:  # no server serves it: ours reports the failure
-            self.request_inbox.put(entry)
-            return
-        logger.info("Rerouting task %s to the queue of method %s", entry.task_id, method)
-
-        def done(returned: bool) -> None:
-            if self.held.get(entry.task_id) is entry:
-                del self.held[entry.task_id]
-            self.release(entry)
-
-        self.leases.republish(entry.routing_key, entry.properties, entry.body, done)
-
-    # ---------------------------------------------------------- results
-    def _result_publication(
-        self, task_id: str, topic: str, reply_to: str, message: bytes, final: bool = True
-    ) -> Outgoing:
-        routing_key = self.names.result_routing_key(reply_to, topic)
-        publish = Outgoing(
-            self.names.results_exchange,
-            routing_key,
-            message,
-            result_properties(task_id),
-            mandatory=True,
-        )
-        publish.on_confirm = partial(self._result_confirmed, task_id, publish, final)
-        publish.on_failed = partial(self._result_refused, task_id, topic, reply_to, publish, final)
-        return publish
-
-    def _result_refused(
-        self,
-        task_id: str,
-        topic: str,
-        reply_to: str,
-        publish: Outgoing,
-        final: bool,
-        error: BaseException,
-    ) -> None:
-        """Send a failure saying why in place of a result the broker does not take."""
-        if not isinstance(error, PublishRefusedError):
-            return  # closing: the request stays unacknowledged and runs again elsewhere
-        logger.error("The broker refused the result of task %s: %s", task_id, error)
-        if not final:
-            return  # an intermediate result: the task still runs and sends its final one
-        failure = refusal(publish.body, error, self.signer)
-        if failure is not None:  # small: outside the publish budget, which would block here
-            message = encode_result(failure, self.signer)
-            self.bridge.enqueue(self._result_publication(task_id, topic, reply_to, message))
-
-    def _result_confirmed(
-        self, task_id: str, publish: Outgoing, final: bool, returned: bool
-    ) -> None:
-        if returned:
-            logger.error(
-                "No queue takes the result of task %s (routing key %s): dead-lettering it",
-                task_id,
-                publish.routing_key,
-            )
-            headers = {
-                REASON_HEADER: "unroutable-result",
-                ROUTING_KEY_HEADER: publish.routing_key,
-                TASK_HEADER: task_id,
-            }
-            self.bridge.enqueue(
-                Outgoing(
-                    self.names.dead_exchange,
-                    publish.routing_key,
-                    publish.body,
-                    copy_properties(publish.properties, headers),
-                )
-            )
-        if not final:
-            return  # the request stays held (or leased) until the final result
-        entry = self.held.pop(task_id, None)
-        self.completed[task_id] = None
-        if len(self.completed) > COMPLETED_KEPT:
-            self.completed.popitem(last=False)
-        if entry is None:
-            return
-        self.release(entry)
-        if entry.leased:
-            self.leases.count -= 1
-            self.bridge.spawn(self.update_request_consumers())
 
     # ---------------------------------------------------------- housekeeping
     async def _housekeeping(self) -> None:
