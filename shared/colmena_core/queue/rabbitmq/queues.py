@@ -2,8 +2,8 @@
 
 The object is the picklable *factory*: settings only. In each process that uses it, it
 attaches a client role (:mod:`.client`) and, once it serves tasks, a server role
-(:mod:`.server`) to the process's one broker connection (:mod:`.bridge`). It must not talk
-to pika itself.
+(:mod:`.server`) to the process's one broker connection (:mod:`.bridge`), as a session
+(:mod:`.session`). It must not talk to pika itself.
 """
 
 from __future__ import annotations
@@ -11,21 +11,20 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-import weakref
 from collections.abc import Collection
-from dataclasses import dataclass
 from multiprocessing import util as mp_util
 
 from colmena_core.exceptions import MessageDecodeError
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.queue.base import ColmenaQueues, QueueRole
+from colmena_core.queue.rabbitmq import session as sessions
 from colmena_core.queue.rabbitmq.admin import DeadLetter, list_dead_letters, queue_depths
-from colmena_core.queue.rabbitmq.bridge import BrokerConnection
-from colmena_core.queue.rabbitmq.client import ClientRole, ClientSettings
+from colmena_core.queue.rabbitmq.client import ClientSettings
 from colmena_core.queue.rabbitmq.names import CampaignNames, check_name
 from colmena_core.queue.rabbitmq.roles import Delivery
 from colmena_core.queue.rabbitmq.sender import ResultSender
-from colmena_core.queue.rabbitmq.server import ServerRole, ServerSettings
+from colmena_core.queue.rabbitmq.server import ServerSettings
+from colmena_core.queue.rabbitmq.session import Session, Settings
 from colmena_core.queue.rabbitmq.topology import DEFAULT_DELIVERY_LIMIT
 
 __all__ = ["BROKER_URL_VARIABLE", "DEFAULT_BROKER_URL", "RabbitMQQueues"]
@@ -35,67 +34,6 @@ BROKER_URL_VARIABLE = "COLMENA_BROKER_URL"
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 """Broker used when neither an argument nor the environment names one."""
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What the roles need; picklable and immutable."""
-
-    url: str
-    client: ClientSettings
-    server: ServerSettings
-    heartbeat: int | None
-    connect_timeout: float
-    max_pending: int
-    max_pending_bytes: int
-
-
-class _Session:
-    """The roles of one queue object in one process, on the process's connection."""
-
-    def __init__(self, queues: RabbitMQQueues) -> None:
-        settings = self.settings = queues._settings
-        # Weakly: the session must not keep its queue object alive (its finalizer ends it)
-        self._decode_request = weakref.WeakMethod(queues.decode_request)
-        self.signer = queues.signer
-        self.lock = threading.Lock()
-        self.client = ClientRole(settings.client, queues.signer)
-        self.client.serves_only = queues.role is QueueRole.SERVER
-        self.server: ServerRole | None = None
-        self.sender: ResultSender | None = None
-        self.served = queues._served
-        self.connection = BrokerConnection.join(
-            settings.url,
-            self.client,
-            connect_timeout=settings.connect_timeout,
-            heartbeat=settings.heartbeat,
-            max_pending=settings.max_pending,
-            max_pending_bytes=settings.max_pending_bytes,
-        )
-
-    def server_role(self) -> ServerRole:
-        with self.lock:
-            if self.server is None:
-                self.server = ServerRole(
-                    self.settings.server, self.served, self._decode, self.signer
-                )
-                self.connection.attach(self.server)
-            return self.server
-
-    def _decode(self, message: bytes) -> Result:
-        decode = self._decode_request()
-        if decode is None:
-            raise MessageDecodeError("The queue object that received this request is gone")
-        return decode(message)
-
-    def shutdown(self, timeout: float) -> None:
-        """Send what the task server handed over, wait for pending confirms (up to
-        ``timeout``), leave the connection (closed with its last user)."""
-        if self.sender is not None:
-            self.sender.stop(timeout)
-        if self.server is not None:
-            self.connection.detach(self.server, timeout)
-        self.connection.detach(self.client, timeout)
 
 
 class RabbitMQQueues(ColmenaQueues):
@@ -213,7 +151,7 @@ class RabbitMQQueues(ColmenaQueues):
             names.request_queue(method)
         for topic in self.topics:
             names.result_queue(client_id, topic)
-        self._settings = _Settings(
+        self._settings = Settings(
             url=url or os.environ.get(BROKER_URL_VARIABLE) or DEFAULT_BROKER_URL,
             client=ClientSettings(
                 names=names,
@@ -248,7 +186,7 @@ class RabbitMQQueues(ColmenaQueues):
         # Results handed over and not acknowledged yet (by id: results are not hashable)
         self._unacknowledged: dict[int, tuple[Result, Delivery]] = {}
         self._unacknowledged_lock = threading.Lock()
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._session_pid = os.getpid()
 
     # ------------------------------------------------------------- facts
@@ -314,15 +252,15 @@ class RabbitMQQueues(ColmenaQueues):
         }
 
     # ------------------------------------------------------ connection
-    def _get_session(self) -> _Session:
+    def _get_session(self) -> Session:
         if self._session_pid != os.getpid():  # a forked copy: the parent's thread is not here
             self._session, self._session_pid = None, os.getpid()
         session = self._session
         if session is not None:
             return session
-        with _SESSION_LOCK:
+        with sessions.SESSION_LOCK:
             if self._session is None:
-                session = _Session(self)
+                session = Session(self)
                 mp_util.Finalize(self, session.shutdown, args=(10.0,), exitpriority=10)
                 self._session = session
                 if self.role is not QueueRole.CLIENT:
@@ -472,15 +410,3 @@ class RabbitMQQueues(ColmenaQueues):
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """The campaign's dead letters (left in place), oldest first."""
         return list_dead_letters(self.url, self.campaign, limit=limit)
-
-
-# Guards the making of each queue object's session; made anew in a forked child
-_SESSION_LOCK = threading.Lock()
-
-
-def _reset_session_lock() -> None:
-    global _SESSION_LOCK
-    _SESSION_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_session_lock)
