@@ -31,6 +31,7 @@ from colmena_core.queue.rabbitmq import RabbitMQQueues
 from colmena_core.security import SECRET_VARIABLE, new_secret
 from colmena_core.task_server.local import LocalTaskServer
 from colmena_core.testing import wait_until
+from colmena_core.testing.redis import skip_or_fail
 from colmena_services.gateway.app import create_app
 from colmena_services.gateway.settings import GatewaySettings
 
@@ -47,9 +48,7 @@ def add(a: int, b: int) -> int:
 def _rabbitmqctl() -> str:
     found = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
     if not Path(found).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail("rabbitmqctl is needed to create the broker users of this test")
-        pytest.skip("rabbitmqctl is not installed")
+        skip_or_fail("rabbitmqctl is needed to create the broker users of this test")
     return found
 
 
@@ -143,10 +142,7 @@ def user_urls(
             [ctl, "import_definitions", str(path)], capture_output=True, text=True, timeout=60
         )
         if done.returncode != 0:
-            message = f"rabbitmqctl import_definitions failed: {done.stderr[-500:]}"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message)
-            pytest.skip(message)
+            skip_or_fail(f"rabbitmqctl import_definitions failed: {done.stderr[-500:]}")
 
         def can_log_in() -> bool:  # the import finishes asynchronously
             for url in urls.values():
