@@ -203,3 +203,44 @@ def test_a_worker_that_cannot_reach_the_relay_fails_saying_why() -> None:
         address = listener.address
     outcome = execute_task(method, task.to_worker_task(request=True, stream_to=(address, b"k")))
     assert outcome.failure is not None and "relay_host" in outcome.failure[0]
+
+
+@pytest.mark.parametrize("intruder", ["closes at once", "has the wrong key"])
+def test_the_result_relay_outlives_a_connection_that_fails_to_authenticate(intruder: str) -> None:
+    import socket
+    import threading
+    from multiprocessing import AuthenticationError
+    from multiprocessing.connection import Client
+
+    from colmena_core.models.wire import encode_result
+    from colmena_core.task_server.base import ResultRelay
+
+    delivered: list[Result] = []
+    arrived = threading.Event()
+
+    def deliver(result: Result) -> None:
+        delivered.append(result)
+        arrived.set()
+
+    relay = ResultRelay(deliver)
+    try:
+        if intruder == "closes at once":  # a port scan, a health probe
+            socket.create_connection(relay.address, timeout=10).close()
+        else:
+            with pytest.raises(AuthenticationError):
+                Client(relay.address, authkey=b"not the key")
+        update = Result(((), {}), method="m", value=3, serialization_method="pickle")
+        update.serialize()
+        answered = threading.Event()
+
+        def worker() -> None:  # a hung relay would leave it waiting: give it a thread
+            with Client(relay.address, authkey=relay.key) as connection:
+                connection.send_bytes(encode_result(update))
+                connection.recv_bytes()
+            answered.set()
+
+        threading.Thread(target=worker, daemon=True).start()
+        assert answered.wait(30), "the relay stopped taking workers"
+        assert arrived.is_set() and delivered[0].task_id == update.task_id
+    finally:
+        relay.close()

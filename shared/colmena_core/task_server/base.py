@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import partial
 from inspect import isgeneratorfunction
-from multiprocessing import Process
+from multiprocessing import AuthenticationError, Process
 from multiprocessing.connection import Client, Connection, Listener
 from time import perf_counter
 from typing import Any
@@ -405,7 +405,8 @@ class ResultRelay:
         while not self._closed.is_set():
             try:
                 connection = self._listener.accept()
-            except OSError:
+            except (OSError, EOFError, AuthenticationError):
+                # A peer that hangs up or fails the handshake must not stop the relay
                 if self._closed.is_set():
                     return
                 logger.warning("A worker could not connect to the result relay", exc_info=True)
