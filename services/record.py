@@ -123,9 +123,12 @@ class ResultsFile:
             self.written += 1
 
     def close(self) -> None:
-        """Close the file."""
+        """Close the file (once) and log how many results it holds."""
         with self._lock:
+            if self._file.closed:
+                return
             self._file.close()
+        logger.debug("Wrote %d results to %s", self.written, self.path)
 
     def __enter__(self) -> ResultsFile:
         return self

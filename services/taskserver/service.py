@@ -219,9 +219,4 @@ class TaskServerService:
             beat.join(timeout=5)
             if self.queues.results_file is not None:
                 self.queues.results_file.close()
-                logger.debug(
-                    "Wrote %d results to %s",
-                    self.queues.results_file.written,
-                    self.queues.results_file.path,
-                )
             logger.debug("Task server %s stopped", self.server_id)

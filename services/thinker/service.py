@@ -137,8 +137,3 @@ class ThinkerService:
             self.queues.disconnect()
             if self.queues.results_file is not None:
                 self.queues.results_file.close()
-                logger.debug(
-                    "Wrote %d results to %s",
-                    self.queues.results_file.written,
-                    self.queues.results_file.path,
-                )
