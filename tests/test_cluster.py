@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 import pytest
 from pydantic import ValidationError
+from queue_support import assert_exactly_once
 
-from colmena_core.models import Result
 from colmena_core.queue.amqp import AmqpLink, broker_addresses, redact_url
 from colmena_core.testing import free_port
 from colmena_core.testing.brokers import ThrowawayCampaign, ThrowawayCluster
@@ -88,15 +88,6 @@ def _campaign_queues(cluster: ThrowawayCluster, campaign: str) -> dict[str, dict
         for queue in cluster.queues()
         if queue["name"].startswith(f"colmena.{campaign}.") and queue["type"] == "quorum"
     }
-
-
-def assert_exactly_once(results: list[Result], sent: set[str]) -> None:
-    ids = [result.task_id for result in results]
-    assert len(ids) == len(set(ids)), "a result was delivered twice"
-    assert set(ids) == sent
-    assert all(result.success for result in results), [
-        r.failure_info for r in results if not r.success
-    ]
 
 
 def test_campaign_survives_losing_the_node_that_leads_its_queues(

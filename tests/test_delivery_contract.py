@@ -22,9 +22,9 @@ from typing import Any
 
 import pika
 import pytest
+from queue_support import assert_exactly_once
 
 from colmena_core.exceptions import TimeoutException
-from colmena_core.models import Result
 from colmena_core.models.wire import MAGIC
 from colmena_core.queue.rabbitmq import RabbitMQQueues, list_dead_letters
 from colmena_core.task_server.local import LocalTaskServer
@@ -128,16 +128,6 @@ def long_campaign(short_timeout_broker: ThrowawayRabbitMQ) -> Iterator[Throwaway
     """A campaign of this test only on the short-timeout broker, deleted afterwards."""
     with ThrowawayCampaign(short_timeout_broker.url, "long") as campaign:
         yield campaign
-
-
-def assert_exactly_once(results: list[Result], sent: set[str]) -> None:
-    """Every task sent has one result, and there is no other."""
-    ids = [result.task_id for result in results]
-    assert len(ids) == len(set(ids)), "a result was delivered twice"
-    assert set(ids) == sent
-    assert all(result.success for result in results), [
-        r.failure_info for r in results if not r.success
-    ]
 
 
 def publish_raw(url: str, exchange: str, routing_key: str, body: bytes, reply_to: str) -> None:

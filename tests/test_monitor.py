@@ -16,6 +16,7 @@ from typing import Any
 
 import pika
 import pytest
+from queue_support import UNPICKLED, Alarm
 
 from colmena_core.models import Result, SerializationMethod
 from colmena_core.models.wire import MessageDecodeError, encode_result
@@ -37,22 +38,6 @@ WAIT = 30.0
 def add(a: int, b: int) -> int:
     """Sum of two numbers."""
     return a + b
-
-
-UNPICKLED = threading.Event()
-"""Set if anything ever unpickles an :class:`Alarm`."""
-
-
-def _raise_alarm() -> str:
-    UNPICKLED.set()
-    return "unpickled"
-
-
-class Alarm:
-    """An object whose unpickling is detected (as malicious code would run)."""
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return _raise_alarm, ()
 
 
 @pytest.fixture

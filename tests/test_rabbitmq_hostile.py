@@ -14,6 +14,7 @@ from typing import Any
 
 import pika
 import pytest
+from queue_support import UNPICKLED, Alarm
 
 from colmena_core.models import Result
 from colmena_core.models.wire import encode_kill, encode_result
@@ -25,21 +26,6 @@ from colmena_core.testing.brokers import ThrowawayCampaign
 
 WAIT = 30.0
 """Timeout, in seconds, of every wait that is expected to succeed."""
-
-UNPICKLED = threading.Event()
-"""Set if anything unpickles an :class:`Alarm`."""
-
-
-def _raise_alarm() -> str:
-    UNPICKLED.set()
-    return "unpickled"
-
-
-class Alarm:
-    """An object whose unpickling is detected (as a forged payload's code would run)."""
-
-    def __reduce__(self) -> tuple[Any, tuple[()]]:
-        return _raise_alarm, ()
 
 
 def add(a: int, b: int) -> int:
