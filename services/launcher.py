@@ -131,15 +131,19 @@ class _Service:
         self.log = log
         self._file: IO[bytes] = log.open("ab")
         logger.debug("Starting the %s", name)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "colmena_services.cli", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # the terminal's Ctrl-C is for the launcher; it stops us
-            preexec_fn=_stop_with_parent,
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "colmena_services.cli", *args],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the terminal's Ctrl-C is for the launcher; it stops us
+                preexec_fn=_stop_with_parent,
+            )
+        except BaseException:
+            self._file.close()
+            raise
 
     def poll(self) -> int | None:
         return self.process.poll()
