@@ -104,6 +104,21 @@ def test_url_comes_from_the_argument_then_the_environment(
     assert RabbitMQQueues().url.startswith("amqp://guest:guest@localhost:5672")
 
 
+def test_a_broker_given_to_the_tests_that_does_not_answer_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from colmena_core.testing.brokers import URL_VARIABLE, BrokerUnavailableError, acquire_rabbitmq
+
+    with socket.socket() as unused:  # a port nothing listens on once closed
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv(URL_VARIABLE, f"amqp://ci:hunter2-secret@127.0.0.1:{port}/%2F")
+    with pytest.raises(BrokerUnavailableError) as refused:
+        acquire_rabbitmq()
+    assert f"127.0.0.1:{port}" in str(refused.value)
+    assert "hunter2-secret" not in str(refused.value)
+
+
 def test_names_are_checked_and_escaped() -> None:
     for campaign in ("a.b", "", "x" * 101, "with space", "-starts-with-dash"):
         with pytest.raises(ValueError, match="campaign"):

@@ -117,6 +117,13 @@ class BrokerUnavailableError(RuntimeError):
 
 
 # ------------------------------------------------------------------- probes
+def _redacted(url: str) -> str:
+    """``url`` without its password (a CI secret must not reach a log or a failure)."""
+    from colmena_core.queue.amqp.connection import redact_url  # needs pika
+
+    return redact_url(url)
+
+
 def amqp_answers(url: str, timeout: float = 2.0) -> bool:
     """Whether an AMQP broker at ``url`` accepts a connection (credentials included)."""
     import pika  # optional dependency: only needed when a broker is probed
@@ -648,7 +655,7 @@ def acquire_rabbitmq(*, allow_start: bool = True) -> RabbitMQBroker:
     url = os.environ.get(URL_VARIABLE)
     if url:
         if not amqp_answers(url):
-            raise BrokerUnavailableError(f"No broker answers at {URL_VARIABLE}={url}")
+            raise BrokerUnavailableError(f"No broker answers at {URL_VARIABLE}={_redacted(url)}")
         return RabbitMQBroker(url, "environment")
     if os.environ.get(ROOT_VARIABLE):  # the version in that root, never the machine's own
         if not allow_start:
@@ -701,7 +708,7 @@ def rabbitmq_url_for_pytest() -> Iterator[str]:
         broker = acquire_rabbitmq()
     except BrokerUnavailableError as exc:
         skip_or_fail(str(exc))
-    logger.info("Testing against the %s RabbitMQ broker at %s", broker.kind, broker.url)
+    logger.info("Testing against the %s RabbitMQ broker at %s", broker.kind, _redacted(broker.url))
     try:
         with private_vhost(broker) as url:
             yield url
