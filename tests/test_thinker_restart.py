@@ -106,9 +106,10 @@ def test_thinker_killed_mid_campaign_loses_no_request_and_no_result(
     first.start()
     try:
         assert blocked.wait(WAIT), "the thinker never reached the result it is killed in"
-        os.kill(first.pid or 0, signal.SIGKILL)
-    finally:
-        first.join(WAIT)
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+    finally:  # killed above, or left blocked by a failure: never left running
+        kill_if_running(first, timeout=WAIT)
     sent = _lines(tmp_path / "sent")
     [interrupted] = _lines(tmp_path / "interrupted")
     assert len(sent) == TASKS
