@@ -36,6 +36,7 @@ from colmena_core.models import Result, SerializationMethod
 from colmena_core.models.wire import encode_result
 from colmena_core.queue.rabbitmq import CampaignNames
 from colmena_core.testing.brokers import ThrowawayCampaign
+from colmena_core.testing.redis import in_ci
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,7 +70,7 @@ CHARTS = ["chart-throughput", "chart-latency", "chart-utilisation", "chart-queue
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(f"{reason} (CI must run the browser test: see scripts/system-deps.sh)")
     pytest.skip(reason)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from colmena_core.testing.redis import in_ci
+
 SMOKE = Path(__file__).resolve().parent.parent / "deploy" / "smoke.py"
 EXIT_CANNOT_RUN = 3
 # The script has its own limit (--timeout); this one only guards against a hang.
@@ -30,8 +32,7 @@ LIMIT = 1800
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        os.environ.get("COLMENA_DEPLOY_SMOKE") == "0"
-        and os.environ.get("CI", "").lower() != "true",
+        os.environ.get("COLMENA_DEPLOY_SMOKE") == "0" and not in_ci(),
         reason="COLMENA_DEPLOY_SMOKE=0 leaves the deployment smoke test out",
     ),
 ]
@@ -50,6 +51,6 @@ def test_compose_stack_runs_a_task_end_to_end() -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=240)
         pytest.fail(f"deploy/smoke.py did not finish within {LIMIT} s")
-    if returncode == EXIT_CANNOT_RUN and os.environ.get("CI", "").lower() != "true":
+    if returncode == EXIT_CANNOT_RUN and not in_ci():
         pytest.skip("this machine cannot run containers (see the output above)")
     assert returncode == 0, "deploy/smoke.py failed: its output above says where"
