@@ -25,6 +25,9 @@ echo "test-rabbitmq4: broker tests against RabbitMQ $(cat "$root/.colmena-rabbit
 # of the conformance tests every transport passes.
 modules=(
     tests/test_rabbitmq_queues.py
+    tests/test_rabbitmq_hostile.py
+    tests/test_hostile_input.py
+    tests/test_thinker_restart.py
     tests/test_amqp_link.py
     tests/test_delivery_contract.py
     tests/test_monitor.py

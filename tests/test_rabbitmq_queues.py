@@ -385,6 +385,20 @@ def test_unroutable_result_is_dead_lettered(campaign: ThrowawayCampaign) -> None
     assert [d.body for d in server.dead_letters()] == [letters[0].body]
 
 
+def test_the_ledger_survives_being_read_often(campaign: ThrowawayCampaign) -> None:
+    # Reading the ledger returns its records to the queue: that must never count toward a
+    # delivery limit (RabbitMQ 4 defaults to 20 and would dead-letter the records)
+    thinker = campaign.queues(client_id="reader", methods=["add"], ledger=True)
+    thinker.set_role("client")
+    try:
+        task_id = thinker.send_inputs(1, 2, method="add", wait_confirmed=WAIT)
+        for _ in range(25):
+            assert thinker.in_flight(timeout=WAIT) == {task_id}
+        assert list_dead_letters(campaign.url, campaign.name) == []
+    finally:
+        thinker.disconnect()
+
+
 def test_a_task_over_the_brokers_size_limit_is_refused_and_poisons_nothing(
     campaign: ThrowawayCampaign, start_server: LocalServerStarter
 ) -> None:

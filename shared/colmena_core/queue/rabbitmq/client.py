@@ -36,6 +36,7 @@ from colmena_core.queue.amqp import ChannelClosedError, PublishRefusedError
 from colmena_core.queue.rabbitmq.names import CampaignNames
 from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Inbox, Outgoing, Role
 from colmena_core.queue.rabbitmq.topology import (
+    DEAD_LETTER_DELIVERY_LIMIT,
     CampaignTopology,
     dead_letter,
     quorum_arguments,
@@ -203,7 +204,7 @@ class ClientRole(Role):
             if self.settings.ledger:
                 await topology.declare_queue(
                     self.names.ledger_queue(self.settings.client_id),
-                    quorum_arguments(None, self.names.dead_exchange),
+                    quorum_arguments(DEAD_LETTER_DELIVERY_LIMIT, self.names.dead_exchange),
                 )
 
     async def start(self, state: ConnectionState) -> None:

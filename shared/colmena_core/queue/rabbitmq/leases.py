@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from colmena_core.queue.rabbitmq.roles import ConnectionState, Delivery, Outgoing
 from colmena_core.queue.rabbitmq.topology import (
+    DEAD_LETTER_DELIVERY_LIMIT,
     LEASE_HEADER,
     TASK_HEADER,
     CampaignTopology,
@@ -59,7 +60,7 @@ class Leases:
                 names.requests_exchange,
             ),
         ):
-            arguments = quorum_arguments(None, target)
+            arguments = quorum_arguments(DEAD_LETTER_DELIVERY_LIMIT, target)
             arguments.update({"x-message-ttl": ttl, "x-expires": server.idle_expiry_ms()})
             await topology.declare_queue(queue, arguments)
             await topology.bind(queue, exchange, arguments=binding)

@@ -46,8 +46,10 @@ RESULT_DELIVERY_LIMIT = 1000
 """Limit on result redeliveries: explicit, as RabbitMQ 4 defaults to 20."""
 
 DEAD_LETTER_DELIVERY_LIMIT = 1_000_000
-"""Limit on redeliveries of a dead letter (every listing returns them to their queue): explicit
-and high, as RabbitMQ 4 defaults to 20 and drops a message beyond it."""
+"""Limit on redeliveries of a message that is read and put back rather than consumed (a dead
+letter, whose every listing returns it to its queue; a ledger record, returned by every
+``in_flight``) or that only waits to expire (a lease): explicit and high, as RabbitMQ 4
+defaults to 20 and dead-letters or drops a message beyond it."""
 
 CONTENT_TYPE = "application/vnd.colmena"
 """Content type of requests and results (the wire format of :mod:`colmena_core.models.wire`)."""
