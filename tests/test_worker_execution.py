@@ -205,7 +205,7 @@ def test_a_worker_that_cannot_reach_the_relay_fails_saying_why() -> None:
     assert outcome.failure is not None and "relay_host" in outcome.failure[0]
 
 
-@pytest.mark.parametrize("intruder", ["closes at once", "has the wrong key"])
+@pytest.mark.parametrize("intruder", ["closes at once", "has the wrong key", "stays silent"])
 def test_the_result_relay_outlives_a_connection_that_fails_to_authenticate(intruder: str) -> None:
     import socket
     import threading
@@ -224,8 +224,11 @@ def test_the_result_relay_outlives_a_connection_that_fails_to_authenticate(intru
 
     relay = ResultRelay(deliver)
     try:
+        silent = None
         if intruder == "closes at once":  # a port scan, a health probe
             socket.create_connection(relay.address, timeout=10).close()
+        elif intruder == "stays silent":  # connected, never answering the challenge
+            silent = socket.create_connection(relay.address, timeout=10)
         else:
             with pytest.raises(AuthenticationError):
                 Client(relay.address, authkey=b"not the key")
@@ -242,5 +245,7 @@ def test_the_result_relay_outlives_a_connection_that_fails_to_authenticate(intru
         threading.Thread(target=worker, daemon=True).start()
         assert answered.wait(30), "the relay stopped taking workers"
         assert arrived.is_set() and delivered[0].task_id == update.task_id
+        if silent is not None:
+            silent.close()
     finally:
         relay.close()

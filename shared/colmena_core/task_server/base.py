@@ -20,7 +20,13 @@ from contextlib import contextmanager
 from functools import partial
 from inspect import isgeneratorfunction
 from multiprocessing import AuthenticationError, Process
-from multiprocessing.connection import Client, Connection, Listener
+from multiprocessing.connection import (
+    Client,
+    Connection,
+    Listener,
+    answer_challenge,
+    deliver_challenge,
+)
 from time import perf_counter
 from typing import Any
 
@@ -396,7 +402,9 @@ class ResultRelay:
     def __init__(self, deliver: Callable[[Result], None], host: str = "127.0.0.1") -> None:
         self.key = os.urandom(32)
         self._deliver = deliver
-        self._listener = Listener((host, 0), authkey=self.key)
+        # Authenticated in each connection's thread (below), not in ``accept``: a peer that
+        # connects and never answers the challenge must not hold up the other workers
+        self._listener = Listener((host, 0))
         self.address: Any = self._listener.address
         self._closed = threading.Event()
         threading.Thread(target=self._accept, name="colmena-result-relay", daemon=True).start()
@@ -405,8 +413,7 @@ class ResultRelay:
         while not self._closed.is_set():
             try:
                 connection = self._listener.accept()
-            except (OSError, EOFError, AuthenticationError):
-                # A peer that hangs up or fails the handshake must not stop the relay
+            except OSError:
                 if self._closed.is_set():
                     return
                 logger.warning("A worker could not connect to the result relay", exc_info=True)
@@ -417,6 +424,12 @@ class ResultRelay:
 
     def _serve(self, connection: Connection) -> None:
         with connection:
+            try:
+                deliver_challenge(connection, self.key)
+                answer_challenge(connection, self.key)
+            except (OSError, EOFError, AuthenticationError):
+                logger.warning("A worker could not connect to the result relay", exc_info=True)
+                return
             while True:
                 try:
                     message = connection.recv_bytes()
