@@ -136,7 +136,7 @@ class ClientRole(Role):
         if task_id is None:  # everything this process published on the connection so far
             deadline = None if timeout is None else time.monotonic() + timeout
             link = self.bridge.link
-            if not self.bridge.run(link.wait_confirmed(timeout or 1e9), None):
+            if not self.bridge.run(link.wait_confirmed(1e9 if timeout is None else timeout), None):
                 return False
             with self._confirmations_lock:
                 waiting = list(self._confirmations.values())
