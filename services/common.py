@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
@@ -121,6 +121,20 @@ class RecordingSettings(ServiceSettings):
         description="Append every result this service handles to this file, one JSON object "
         "per line (draw it with 'colmena report FILE')",
     )
+
+
+HealthHost = Annotated[str, Field(description="Address of the health endpoints")]
+"""Type of the ``health_host`` setting of the services with health endpoints."""
+
+HealthPort = Annotated[
+    int,
+    Field(
+        ge=0,
+        le=65535,
+        description="Port of /healthz and /readyz (0: a free port, printed at start)",
+    ),
+]
+"""Type of the ``health_port`` setting of the services with health endpoints."""
 
 
 def quiet_libraries(level: str) -> None:

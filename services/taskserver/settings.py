@@ -9,7 +9,7 @@ from pydantic import Field, field_validator
 from colmena_core.models.results import MAX_RETRIES
 from colmena_core.names import check_name
 
-from ..common import RecordingSettings
+from ..common import HealthHost, HealthPort, RecordingSettings
 
 
 class TaskServerSettings(RecordingSettings):
@@ -53,10 +53,5 @@ class TaskServerSettings(RecordingSettings):
     heartbeat_interval: float = Field(
         default=5.0, gt=0, description="Seconds between advertisements of the served methods"
     )
-    health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
-    health_port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="Port of /healthz and /readyz (0: a free port, printed at start)",
-    )
+    health_host: HealthHost = "0.0.0.0"
+    health_port: HealthPort = 0

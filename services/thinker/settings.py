@@ -6,7 +6,7 @@ from pydantic import Field, field_validator
 
 from colmena_core.names import check_name
 
-from ..common import RecordingSettings
+from ..common import HealthHost, HealthPort, RecordingSettings
 
 
 class ThinkerSettings(RecordingSettings):
@@ -25,13 +25,8 @@ class ThinkerSettings(RecordingSettings):
     kill_on_exit: bool = Field(
         default=False, description="Send the kill signal to the task servers when the thinker ends"
     )
-    health_host: str = Field(default="0.0.0.0", description="Address of the health endpoints")
-    health_port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="Port of /healthz and /readyz (0: a free port, printed at start)",
-    )
+    health_host: HealthHost = "0.0.0.0"
+    health_port: HealthPort = 0
     stop_grace: float = Field(
         default=3.0,
         ge=0,
