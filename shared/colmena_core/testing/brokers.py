@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from colmena_core.testing.redis import skip_or_fail
 
@@ -220,7 +220,32 @@ def _kill_group(process: subprocess.Popen[bytes] | None, workdir: Path | None) -
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class ThrowawayRabbitMQ:
+class _StartedInWith:
+    """Started on entering a ``with`` block, closed on leaving it (or if starting fails)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ThrowawayRabbitMQ(_StartedInWith):
     """A private RabbitMQ node running as a child process, for tests and local campaigns.
 
     Example::
@@ -410,7 +435,7 @@ class ThrowawayRabbitMQ:
             check=False,
         )
 
-    def start(self) -> ThrowawayRabbitMQ:
+    def start(self) -> Self:
         """Start the node (its data survives from a previous run) and wait until it serves.
 
         Raises:
@@ -488,23 +513,8 @@ class ThrowawayRabbitMQ:
             self.kill()
             self._finalizer()
 
-    def __enter__(self) -> ThrowawayRabbitMQ:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class ThrowawayCluster:
+class ThrowawayCluster(_StartedInWith):
     """A RabbitMQ cluster of throwaway nodes on loopback, for tests of failover.
 
     The nodes share one Erlang cookie; the first is started alone, the others join it.
@@ -539,7 +549,7 @@ class ThrowawayCluster:
         """The AMQP URLs of every node, comma-separated (what the queues and services take)."""
         return ",".join(node.url for node in self.nodes)
 
-    def start(self) -> ThrowawayCluster:
+    def start(self) -> Self:
         """Start the nodes (at once) and join the others to the first.
 
         Raises:
@@ -597,21 +607,6 @@ class ThrowawayCluster:
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.close()
-
-    def __enter__(self) -> ThrowawayCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 # ---------------------------------------------------------------- discovery
