@@ -14,7 +14,7 @@ from proxystore.connectors.file import FileConnector
 from proxystore.proxy import Proxy
 from proxystore.store import Store, unregister_store
 from task_server_support import WAIT, Ranks, fake_mpi_launch
-from test_queue_conformance import BACKENDS
+from test_queue_conformance import BACKENDS, release
 
 from colmena_core.models import ExecutableTask, ResourceRequirements, Result
 from colmena_core.models.methods import (
@@ -160,11 +160,7 @@ def make_pair(request: pytest.FixtureRequest) -> Iterator[QueuePair]:
         try:
             yield make
         finally:
-            for queues in created:
-                queues.flush()
-                disconnect = getattr(queues, "disconnect", None)
-                if callable(disconnect):
-                    disconnect()
+            release(created)
 
 
 class Collector(BaseThinker):

@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,15 @@ BACKENDS: dict[str, Callable[[pytest.FixtureRequest], AbstractContextManager[Que
 """Every transport under test: name -> context manager yielding its queue factory."""
 
 
+def release(created: Iterable[ColmenaQueues]) -> None:
+    """Flush the queues a test made and disconnect those that hold a connection."""
+    for queues in created:
+        queues.flush()
+        disconnect = getattr(queues, "disconnect", None)
+        if callable(disconnect):
+            disconnect()
+
+
 @pytest.fixture(params=list(BACKENDS))
 def make_queues(request: pytest.FixtureRequest) -> Iterator[QueueFactory]:
     """Factory of fresh queues of one transport; flushes and disconnects them afterwards."""
@@ -92,11 +101,7 @@ def make_queues(request: pytest.FixtureRequest) -> Iterator[QueueFactory]:
         try:
             yield make
         finally:
-            for queues in created:
-                queues.flush()
-                disconnect = getattr(queues, "disconnect", None)
-                if callable(disconnect):
-                    disconnect()
+            release(created)
 
 
 # ------------------------------------------------------- methods and servers
