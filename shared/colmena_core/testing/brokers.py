@@ -49,7 +49,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 from colmena_core.testing.redis import skip_or_fail
 
@@ -751,58 +751,55 @@ def private_vhost(broker: RabbitMQBroker) -> Iterator[str]:
         run("delete_vhost", vhost)
 
 
+_Started = TypeVar("_Started", bound=_StartedInWith)
+
+
+def _started_for_pytest(
+    make: Callable[..., _Started], what: str
+) -> Iterator[Callable[..., _Started]]:
+    """Yields a factory that makes and starts ``make(...)``; closes all it made afterwards.
+
+    Something that cannot be made or started skips the test (fails it in CI), naming
+    ``what``.
+    """
+    _require_pika()
+    made: list[_Started] = []
+
+    def start(*args: Any, **options: Any) -> _Started:
+        try:
+            thing = make(*args, **options)
+        except BrokerUnavailableError as exc:
+            skip_or_fail(f"Cannot run {what}: {exc}")
+        made.append(thing)
+        try:
+            return thing.start()
+        except BrokerUnavailableError as exc:
+            skip_or_fail(f"{what[0].upper()}{what[1:]} did not start: {exc}")
+
+    try:
+        yield start
+    finally:
+        for thing in made:
+            thing.close()
+
+
 def throwaway_rabbitmq_for_pytest() -> Iterator[Callable[..., ThrowawayRabbitMQ]]:
     """Body of a pytest fixture that yields a factory of started :class:`ThrowawayRabbitMQ`.
 
     The factory takes the arguments of :class:`ThrowawayRabbitMQ`; every node it made is
     closed afterwards. A node that cannot start skips the test (fails it in CI).
     """
-    _require_pika()
-    nodes: list[ThrowawayRabbitMQ] = []
-
-    def start(**options: Any) -> ThrowawayRabbitMQ:
-        try:
-            node = ThrowawayRabbitMQ(**options)
-        except BrokerUnavailableError as exc:
-            skip_or_fail(f"Cannot run a throwaway RabbitMQ node: {exc}")
-        nodes.append(node)
-        try:
-            return node.start()
-        except BrokerUnavailableError as exc:
-            skip_or_fail(f"The throwaway RabbitMQ node did not start: {exc}")
-
-    try:
-        yield start
-    finally:
-        for node in nodes:
-            node.close()
+    yield from _started_for_pytest(ThrowawayRabbitMQ, "a throwaway RabbitMQ node")
 
 
 def throwaway_cluster_for_pytest() -> Iterator[Callable[..., ThrowawayCluster]]:
     """Body of a pytest fixture that yields a factory of started :class:`ThrowawayCluster`.
 
-    The factory takes the arguments of :class:`ThrowawayCluster`; every cluster it made is
-    closed afterwards. A cluster that cannot start skips the test (fails it in CI).
+    The factory takes the arguments of :class:`ThrowawayCluster` (size 3 by default); every
+    cluster it made is closed afterwards. A cluster that cannot start skips the test (fails
+    it in CI).
     """
-    _require_pika()
-    clusters: list[ThrowawayCluster] = []
-
-    def start(size: int = 3, **options: Any) -> ThrowawayCluster:
-        try:
-            cluster = ThrowawayCluster(size, **options)
-        except BrokerUnavailableError as exc:
-            skip_or_fail(f"Cannot run throwaway RabbitMQ nodes: {exc}")
-        clusters.append(cluster)
-        try:
-            return cluster.start()
-        except BrokerUnavailableError as exc:
-            skip_or_fail(f"The throwaway RabbitMQ cluster did not start: {exc}")
-
-    try:
-        yield start
-    finally:
-        for cluster in clusters:
-            cluster.close()
+    yield from _started_for_pytest(ThrowawayCluster, "a throwaway RabbitMQ cluster")
 
 
 # ---------------------------------------------------------------- campaigns
